@@ -1,0 +1,48 @@
+# The front door. Each target creates .venv if missing and installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# Stamps record that an install matches the current pyproject.toml.
+RUN_STAMP  := $(VENV)/.stamp-run
+TEST_STAMP := $(VENV)/.stamp-test
+BENCH_STAMP := $(VENV)/.stamp-bench
+PYTEST_ARGS ?=
+DEMO_DIR ?= demo_out
+
+.PHONY: demo test test-gpu bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[test,peers,dist]"
+	touch $@ $(RUN_STAMP)
+
+$(BENCH_STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[test,peers,dist]"
+	touch $@ $(RUN_STAMP)
+
+demo: $(RUN_STAMP)
+	$(VENV)/bin/tomostrain demo -o $(DEMO_DIR)
+
+# CPU suite + every kernel compiled to PTX, then every kernel in Numba's CUDA simulator
+# against its CPU twin (a separate process: the simulator must be set before numba imports).
+test: $(TEST_STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not sim" $(PYTEST_ARGS) tests
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -m sim $(PYTEST_ARGS) tests
+
+# On a GPU machine: the tests that need a real device.
+test-gpu: $(TEST_STAMP)
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS) tests
+
+bench: $(BENCH_STAMP)
+	$(PY) -m benchmarks.run --out benchmarks/results
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) build src/*.egg-info

@@ -1,0 +1,52 @@
+"""The two checks every kernel gets without a GPU (DESIGN.md §2).
+
+    pytest tests/test_kernels.py                            # PTX for sm_80 and sm_90
+    NUMBA_ENABLE_CUDASIM=1 pytest -m sim tests/             # simulator vs CPU twin (own process)
+
+Every module in gpu_core/kernels registers its kernels; both checks walk that registry.
+"""
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from tomostrain.gpu_core import kernels
+
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+ALL = kernels.all_kernels()
+EXPECTED_MODULES = {"virtual_detector"}
+
+
+def test_every_kernel_module_is_registered():
+    import pkgutil
+
+    modules = {m.name for m in pkgutil.iter_modules(kernels.__path__) if not m.name.startswith("_")}
+    registered = {k.gpu.py_func.__module__.rsplit(".", 1)[-1] for k in ALL}
+    assert modules <= registered, f"kernel modules with no registered kernel: {modules - registered}"
+    assert EXPECTED_MODULES <= modules
+
+
+@pytest.mark.skipif(SIMULATED, reason="PTX is compiled in the normal process")
+@pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm80", "sm90"])
+@pytest.mark.parametrize("kernel", ALL, ids=[k.name for k in ALL])
+def test_compiles_to_ptx(monkeypatch, kernel, cc):
+    from numba import cuda
+    import numba.cuda.dispatcher as dispatcher
+
+    # device functions called by a kernel compile for "the current device"; with no driver, name it
+    monkeypatch.setattr(dispatcher, "get_current_device", lambda: SimpleNamespace(compute_capability=cc))
+    for sig in kernel.signatures:
+        ptx, _ = cuda.compile_ptx(kernel.gpu.py_func, sig, cc=cc)
+        assert f".target sm_{cc[0]}{cc[1]}" in ptx
+        assert ".entry" in ptx
+
+
+@pytest.mark.sim
+@pytest.mark.skipif(not SIMULATED, reason="needs NUMBA_ENABLE_CUDASIM=1 before numba is imported")
+@pytest.mark.parametrize("kernel", ALL, ids=[k.name for k in ALL])
+def test_simulated_kernel_equals_cpu_twin(kernel):
+    launch, want, rtol, atol = kernel.sim_case(np.random.default_rng(7))
+    got = launch()
+    assert np.isfinite(want).any()
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
