@@ -1,0 +1,1 @@
+"""Speed and accuracy suites, side by side with peers; each writes JSON (see run.py)."""
