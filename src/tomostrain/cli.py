@@ -1,0 +1,130 @@
+"""Command line: ``tomostrain info | demo | tomo | stem | run | bench``.
+
+Errors from bad input print one line (``tomostrain: error: ...``) and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import TomostrainError
+
+
+def _region(text: str) -> tuple[int, int, int, int]:
+    """'y0:y1,x0:x1' -> (y0, y1, x0, x1)."""
+    try:
+        ys, xs = text.split(",")
+        y0, y1 = (int(v) for v in ys.split(":"))
+        x0, x1 = (int(v) for v in xs.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a region 'y0:y1,x0:x1', got {text!r}") from None
+    return y0, y1, x0, x1
+
+
+def _probe(text: str):
+    """A region 'y0:y1,x0:x1' or the path of a probe image."""
+    return _region(text) if ":" in text and "," in text and not Path(text).exists() else Path(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tomostrain", description="Tomography and 4D-STEM strain mapping for in situ TEM.")
+    p.add_argument("--version", action="version", version=f"tomostrain {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("info", help="version, backend, device and key dependency versions")
+
+    d = sub.add_parser("demo", help="synthetic sodiated-NiO tilt series + 4D-STEM scan, both pipelines, results.h5 + report")
+    d.add_argument("-o", "--output", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
+    d.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
+
+    t = sub.add_parser("tomo", help="reconstruct (and segment, quantify) a tilt series")
+    t.add_argument("input", type=Path, help="tilt series: DXchange .h5, MRC (+ .rawtlt/.tlt) or TIFF (+ angles)")
+    t.add_argument("-o", "--output", type=Path, required=True, help="result file (.h5)")
+    t.add_argument("--method", default="fbp", choices=["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv", "dart"])
+    t.add_argument("--iterations", type=int, default=None, help="iterations of iterative methods")
+    t.add_argument("--center", type=float, default=None, help="rotation-axis column (pixels); default the detector centre")
+    t.add_argument("--segment", type=int, default=0, metavar="N",
+                   help="segment into N classes including vacuum (multi-Otsu) and quantify; 0 = no segmentation")
+    t.add_argument("--angles", type=Path, default=None, help="angle file (degrees, one per line) for TIFF/MRC input")
+    t.add_argument("--voxel-size", type=float, default=None, help="voxel size (nm); default from the file")
+    t.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
+
+    s = sub.add_parser("stem", help="calibrate a 4D-STEM scan, find Bragg disks, map strain and phases")
+    s.add_argument("input", type=Path, help="4D-STEM data: .npy, HDF5, py4DSTEM .emd (raw needs --shape/--dtype)")
+    s.add_argument("-o", "--output", type=Path, required=True, help="result file (.h5)")
+    s.add_argument("--phases", default="NiO,Ni,Na2O", help="candidate phases, comma-separated (default NiO,Ni,Na2O)")
+    s.add_argument("--reference", type=_region, default=None, metavar="y0:y1,x0:x1",
+                   help="unstrained reference region of the scan (default: the median lattice of the main phase)")
+    s.add_argument("--probe", type=_probe, default=None, metavar="y0:y1,x0:x1|FILE",
+                   help="vacuum region of the scan or a probe image (default: the positions that scatter least)")
+    s.add_argument("--q-pixel-size", type=float, default=None, help="diffraction pixel size (1/Å); default from the file")
+    s.add_argument("--energy-kev", type=float, default=None, help="beam energy (keV); default from the file")
+    s.add_argument("--convergence-mrad", type=float, default=None, help="probe semi-angle (mrad); default from the file")
+    s.add_argument("--shape", default=None, help="raw files: scan_y,scan_x,ky,kx")
+    s.add_argument("--dtype", default=None, help="raw files: numpy dtype, e.g. uint16")
+    s.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
+
+    r = sub.add_parser("run", help="run a TOML job file (the batch form of tomo and stem)")
+    r.add_argument("job", type=Path)
+
+    b = sub.add_parser("bench", help="benchmark suites side by side with peers (source checkout)")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="passed to benchmarks.run (--quick, --backend, --only, --out)")
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = " ".join(["tomostrain", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return _dispatch(args, command)
+    except TomostrainError as exc:
+        print(f"tomostrain: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tomostrain: interrupted (completed steps are checkpointed; run again to resume)", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args, command: str) -> int:
+    from . import pipeline
+
+    if args.command == "info":
+        for key, value in pipeline.info().items():
+            print(f"{key:>14}: {value}")
+        return 0
+    if args.command == "demo":
+        pipeline.demo(args.output, backend=args.backend, command=command)
+        return 0
+    if args.command == "tomo":
+        pipeline.tomo(
+            args.input, args.output, method=args.method, iterations=args.iterations, center=args.center,
+            segment=args.segment, angles=args.angles, voxel_size_nm=args.voxel_size, backend=args.backend,
+            command=command,
+        )
+        return 0
+    if args.command == "stem":
+        shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else None
+        pipeline.stem(
+            args.input, args.output, phases=args.phases.split(","), reference=args.reference, probe=args.probe,
+            q_pixel_size=args.q_pixel_size, energy_kev=args.energy_kev, convergence_mrad=args.convergence_mrad,
+            shape=shape, dtype=args.dtype, backend=args.backend, command=command,
+        )
+        return 0
+    if args.command == "run":
+        pipeline.run_job(args.job, command=command)
+        return 0
+    if args.command == "bench":
+        try:
+            from benchmarks.run import main as bench_main
+        except ImportError:
+            print("tomostrain: error: the benchmarks/ folder is not importable; run from a source checkout", file=sys.stderr)
+            return 2
+        return bench_main(args.args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Jobs: read -> process -> write, from the CLI or a TOML job file.
+
+Each job runs named steps with a progress display, records provenance (version, command,
+parameters, backend, device, start/finish, per-step seconds) and checkpoints after every step to
+``OUT.h5.partial``: a job that is stopped resumes at the first step not yet done, provided its
+parameters are unchanged. The result file is written atomically (DESIGN.md §4, §5).
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, io
+from .errors import InputError
+from .gpu_core import backend as be
+
+
+def info() -> dict:
+    """Version, backend, device and versions of key dependencies."""
+    import importlib
+
+    where = be.resolve("auto")
+    out = {"tomostrain": __version__, "backend": where, "device": be.device_name(where)}
+    if where == "gpu":
+        out["gpu memory free"] = f"{be.free_memory_bytes('gpu') / 2**30:.1f} GiB"
+    for mod in ("numpy", "scipy", "numba", "numba.cuda", "cupy", "h5py", "finufft", "dask"):
+        try:
+            m = importlib.import_module(mod)
+            out[mod] = getattr(m, "__version__", None) or getattr(importlib.import_module(mod.split(".")[0]), "__version__", "?")
+        except Exception:  # noqa: BLE001 - a missing optional dependency is reported, not fatal
+            out[mod] = "not installed"
+    return out
+
+
+class Job:
+    """Steps, progress, provenance and per-step checkpoints of one job writing ``out``."""
+
+    def __init__(self, out: Path, command: str, parameters: dict, backend: str, console=None):
+        self.out = Path(out)
+        self.partial = self.out.with_name(self.out.name + ".partial")
+        self.backend = be.resolve(backend)
+        self.parameters = parameters
+        self.provenance = {
+            "command": command,
+            "parameters": parameters,
+            "backend": self.backend,
+            "device": be.device_name(self.backend),
+            "started": _now(),
+            "step_seconds": {},
+        }
+        self.results: dict = {}
+        self._done: set[str] = set()
+        self._console = console
+        self._resume()
+
+    def _resume(self) -> None:
+        if not self.partial.exists():
+            return
+        try:
+            old = io.read_results(self.partial)
+            attrs = old.get("provenance", {}).get("@attrs", {})
+            same = json.loads(attrs.get("parameters", "null")) == json.loads(json.dumps(self.parameters, default=str))
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint is simply not used
+            same = False
+        if not same:
+            self.partial.unlink()
+            return
+        self.results = {k: v for k, v in old.items() if k != "provenance"}
+        self._done = set(json.loads(attrs.get("steps_done", "[]")))
+        self.provenance["step_seconds"] = json.loads(attrs.get("step_seconds", "{}"))
+        self._print(f"resuming from {self.partial.name}: {', '.join(sorted(self._done))} already done")
+
+    def done(self, name: str) -> bool:
+        return name in self._done
+
+    @contextmanager
+    def step(self, name: str):
+        """Time a step, show it, and checkpoint the results when it completes."""
+        self._print(f"[bold]{name}[/bold] ...")
+        t0 = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - t0
+        self.provenance["step_seconds"][name] = round(seconds, 3)
+        self._done.add(name)
+        self._print(f"  {name} done in {seconds:.1f} s")
+        io.write_results(self.partial, self.results, self._provenance(finished=False))
+
+    def finish(self) -> Path:
+        """Write the complete result file atomically and drop the checkpoint."""
+        io.write_results(self.out, self.results, self._provenance(finished=True))
+        self.partial.unlink(missing_ok=True)
+        return self.out
+
+    def _provenance(self, finished: bool) -> dict:
+        prov = dict(self.provenance)
+        prov["steps_done"] = sorted(self._done)
+        prov["finished"] = _now() if finished else ""
+        return prov
+
+    def _print(self, text: str) -> None:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+        self._console.print(text)
+
+
+def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0, angles=None,
+         voxel_size_nm=None, backend="auto", command="", job: Job | None = None) -> Path | None:
+    """Reconstruct a tilt series file (or TiltSeries), optionally segment + quantify; write ``output``.
+
+    With ``job`` given, the steps are added to that job and nothing is written here.
+    """
+    from .reconstruction import reconstruct
+
+    params = {"tomo": {"input": str(input), "method": method, "iterations": iterations, "center": center,
+                       "segment": segment, "voxel_size_nm": voxel_size_nm}}
+    own = job is None
+    job = job or Job(Path(output), command, params, backend)
+    series = input if hasattr(input, "angles_deg") else io.read_tilt_series(Path(input), angles=angles)
+    voxel = voxel_size_nm or series.pixel_size_nm or 1.0
+    if not job.done("reconstruct"):
+        with job.step("reconstruct"):
+            kw = {} if iterations is None else {"iterations": iterations}
+            volume = reconstruct(series, method=method, center=center, backend=job.backend, **kw)
+            job.results.setdefault("tomo", {})["volume"] = be.to_host(volume).astype(np.float32)
+            job.results["tomo"]["@attrs"] = {"method": method, "voxel_size_nm": voxel}
+    if segment:
+        _segment_and_quantify(job, segment, voxel)
+    return job.finish() if own else None
+
+
+def _segment_and_quantify(job: Job, classes: int, voxel_size_nm: float) -> None:
+    from .analysis import quantify
+    from .gpu_core.filters import gaussian
+    from .gpu_core.segment import multi_otsu
+
+    if classes < 2:
+        raise InputError(f"--segment needs at least 2 classes (vacuum + one phase), got {classes}")
+    tomo_results = job.results["tomo"]
+    if not job.done("segment"):
+        with job.step("segment"):
+            volume = be.to_device(tomo_results["volume"], job.backend)
+            thresholds, labels = multi_otsu(gaussian(volume, 1.0), classes)
+            tomo_results["labels"] = be.to_host(labels).astype(np.uint8)
+            tomo_results.setdefault("@attrs", {})["thresholds"] = [float(t) for t in be.to_host(thresholds)]
+    if not job.done("quantify") and classes == 4:
+        with job.step("quantify"):
+            q = quantify(tomo_results["labels"], voxel_size_nm=voxel_size_nm)
+            tomo_results["quantify"] = _quantify_tree(q)
+
+
+def _quantify_tree(q: dict) -> dict:
+    """quantify()'s dict -> HDF5 tree: tables as datasets, scalars as JSON attrs."""
+    tree, attrs = {}, {}
+    for key, value in q.items():
+        if isinstance(value, dict) and value and all(np.ndim(v) == 1 for v in value.values()):
+            tree[key] = {k: np.asarray(v) for k, v in value.items()}
+        elif isinstance(value, np.ndarray) and value.ndim >= 1:
+            tree[key] = value
+        else:
+            attrs[key] = value
+    tree["@attrs"] = attrs
+    return tree
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_job(path, command: str = "") -> Path:
+    """Run a TOML job file: ``[job] output, backend`` plus ``[tomo]`` and/or ``[stem]`` sections.
+
+    Relative paths are taken from the job file's folder. Example::
+
+        [job]
+        output = "particle3.h5"
+        backend = "auto"
+        [tomo]
+        input = "particle3_tilt.h5"
+        method = "sirt"
+        iterations = 100
+        segment = 4
+        [stem]
+        input = "particle3_scan.h5"
+        phases = ["NiO", "Ni", "Na2O"]
+        reference = [0, 8, 0, 8]
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"job file {path} does not exist")
+    try:
+        spec = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"job file {path} is not valid TOML: {exc}") from None
+    unknown = set(spec) - {"job", "tomo", "stem"}
+    if unknown or not ({"tomo", "stem"} & set(spec)):
+        raise InputError(f"job file {path} needs [job] and [tomo] and/or [stem] sections; unknown: {sorted(unknown)}")
+    base = path.parent
+    settings = spec.get("job", {})
+    if "output" not in settings:
+        raise InputError(f"job file {path}: [job] output = 'RESULT.h5' is required")
+    sections = {k: dict(spec[k]) for k in ("tomo", "stem") if k in spec}
+    for name, section in sections.items():
+        if "input" not in section:
+            raise InputError(f"job file {path}: [{name}] input = 'FILE' is required")
+        section["input"] = base / section["input"]
+    job = Job(base / settings["output"], command or f"tomostrain run {path}", json.loads(json.dumps(sections, default=str)),
+              settings.get("backend", "auto"))
+    if "tomo" in sections:
+        tomo(output=None, job=job, **sections["tomo"])
+    if "stem" in sections:
+        s = sections["stem"]
+        if "reference" in s:
+            s["reference"] = tuple(s["reference"])
+        stem(output=None, job=job, **s)
+    return job.finish()

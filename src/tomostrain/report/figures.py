@@ -1,0 +1,112 @@
+"""Matplotlib figures of a result tree: orthoslices, labels, depth profile, virtual images,
+strain maps, phase map. Each figure is returned as ``(title, matplotlib.figure.Figure)``.
+
+Images are drawn with row 0 at the top (``imshow`` default), the convention under which a
+positive strain rotation ``theta`` is counter-clockwise on screen (DESIGN.md §3).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+
+def result_figures(results: dict) -> list[tuple[str, object]]:
+    """All figures the result tree supports, in report order."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    figs = []
+    tomo = results.get("tomo", {})
+    if "volume" in tomo:
+        figs.append(("Reconstruction: orthoslices through the centre", _orthoslices(tomo["volume"], "gray")))
+    if "labels" in tomo:
+        figs.append(("Segmentation: vacuum, Na2O-rich shell, NiO core, Ni particles", _orthoslices(tomo["labels"], "viridis")))
+    profile = tomo.get("quantify", {}).get("depth_profile")
+    if profile:
+        figs.append(("Reaction depth profile from the surface inward", _depth_profile(profile)))
+    stem = results.get("stem", {})
+    virtual = stem.get("virtual", {})
+    if virtual:
+        figs.append(("Virtual bright field and annular dark field", _maps({k.upper(): virtual[k] for k in ("bf", "adf") if k in virtual}, "gray")))
+    strain = stem.get("strain", {})
+    if strain:
+        figs.append(("Strain (%) and lattice rotation (degrees)", _strain(strain)))
+    phase = stem.get("phase", {})
+    if "labels" in phase:
+        figs.append(("Phase map", _phase(phase)))
+    return figs
+
+
+def _orthoslices(volume, cmap):
+    import matplotlib.pyplot as plt
+
+    v = np.asarray(volume)
+    cy, cz, cx = (n // 2 for n in v.shape)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.8), constrained_layout=True)
+    for ax, img, title in zip(axes, (v[cy], v[:, cz, :], v[:, :, cx]), ("slice y (z down, x across)", "z (y down, x across)", "x (y down, z across)")):
+        ax.imshow(img, cmap=cmap, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
+def _depth_profile(profile: dict):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), constrained_layout=True)
+    depth = np.asarray(profile["depth_nm"])
+    for key in [k for k in profile if k.endswith("fraction")]:
+        ax.plot(depth, np.asarray(profile[key]), marker=".", label=key.replace("_", " "))
+    ax.set_xlabel("depth below the particle surface (nm)")
+    ax.set_ylabel("fraction of voxels")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend()
+    return fig
+
+
+def _maps(images: dict, cmap, symmetric=False, unit=""):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(images), figsize=(3.6 * len(images), 3.4), constrained_layout=True, squeeze=False)
+    for ax, (name, img) in zip(axes[0], images.items()):
+        img = np.asarray(img, dtype=float)
+        kw = {}
+        if symmetric:
+            lim = np.nanpercentile(np.abs(img), 99) or 1.0
+            kw = {"vmin": -lim, "vmax": lim}
+        im = ax.imshow(img, cmap=cmap, interpolation="nearest", **kw)
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, shrink=0.8, label=unit)
+    return fig
+
+
+def _strain(strain: dict):
+    mask = np.asarray(strain.get("mask", True), dtype=bool)
+    maps = {}
+    for key, scale, label in (("exx", 100, "exx (%)"), ("eyy", 100, "eyy (%)"), ("exy", 100, "exy (%)"), ("theta", 1, "theta (°)")):
+        if key in strain:
+            maps[label] = np.where(mask, np.asarray(strain[key]) * scale, np.nan)
+    return _maps(maps, "RdBu_r", symmetric=True)
+
+
+def _phase(phase: dict):
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    names = phase.get("@attrs", {}).get("names", [])
+    if isinstance(names, str):
+        names = json.loads(names)
+    labels = np.asarray(phase["labels"])
+    n = max(len(names), int(labels.max()) + 1)
+    cmap = ListedColormap(plt.get_cmap("tab10").colors[:n])
+    fig, ax = plt.subplots(figsize=(4.6, 3.8), constrained_layout=True)
+    im = ax.imshow(labels, cmap=cmap, vmin=-0.5, vmax=n - 0.5, interpolation="nearest")
+    cbar = fig.colorbar(im, ax=ax, ticks=range(n))
+    cbar.ax.set_yticklabels([names[i] if i < len(names) else str(i) for i in range(n)])
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return fig
