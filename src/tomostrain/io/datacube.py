@@ -1,0 +1,243 @@
+"""4D-STEM readers/writer: ``.npy``, raw binary, generic HDF5 and py4DSTEM EMD -> DataCube.
+
+Nothing is loaded: ``.npy`` and raw files are memory-mapped read-only, HDF5 datasets stay lazy
+(``cube.data`` is the ``h5py.Dataset``). For HDF5/EMD the open ``h5py.File`` is kept in
+``cube.meta['file']``; close it (``cube.meta['file'].close()``) when done with the cube.
+
+Calibration read from HDF5 attributes of the data dataset or its parent group (dataset attrs
+win): ``q_pixel_size`` (1/Å), ``scan_step_nm`` (nm), ``energy_kev`` (keV), ``convergence_mrad``
+(mrad). The first two become ``cube.q_pixel_size`` / ``cube.scan_step_nm``, the others
+``cube.meta['energy_kev']`` / ``cube.meta['convergence_mrad']``. EMD files (py4DSTEM 0.14 /
+emdfile layout) give ``Q_pixel_size`` (used when its units are ``A^-1``; ``pixels`` or ``mrad``
+leave it None) and ``R_pixel_size`` (units ``nm`` or ``A``) and ``convergence_semiangle_mrad``
+from the Calibration metadata group; the raw entries are kept in ``cube.meta['emd_calibration']``.
+Attributes on the data dataset override the EMD calibration. Data axes are
+``(scan_y, scan_x, ky, kx)`` as stored (py4DSTEM's ``(Rx, Ry, Qx, Qy)`` is the same index order).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import FileFormatError, InputError
+from ..gpu_core import backend
+from ..strain.datacube import DataCube
+from . import _files
+
+RAW_SUFFIXES = (".raw", ".bin", ".dat")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs")
+EMD_SUFFIXES = (".emd",)
+CALIBRATION_ATTRS = ("q_pixel_size", "scan_step_nm", "energy_kev", "convergence_mrad")
+WRITE_DATASET = "/datacube/data"
+
+_Q_UNITS = {"a^-1": 1.0}  # -> 1/Å
+_R_UNITS = {"nm": 1.0, "a": 0.1}  # -> nm
+
+
+def read_datacube(path, *, shape=None, dtype=None, dataset: str | None = None, offset: int = 0):
+    """Open a 4D-STEM file (format from the suffix) as a lazy DataCube.
+
+    shape, dtype, offset : raw binary only: (scan_y, scan_x, ky, kx), element dtype (byte order
+        included, e.g. ``'<u2'``) and the header size in bytes before the data
+    dataset : HDF5/EMD only: path of the 4D dataset; by default the single 4D dataset in the file
+        (EMD: the ``data`` of a py4DSTEM DataCube group)
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    known = (".npy",) + RAW_SUFFIXES + HDF5_SUFFIXES + EMD_SUFFIXES
+    if suffix not in known:
+        raise FileFormatError(f"unknown 4D-STEM format {suffix!r} for {path}; expected one of {known}")
+    if suffix not in RAW_SUFFIXES and (shape is not None or dtype is not None or offset):
+        raise InputError(f"shape=, dtype= and offset= apply to raw binary files only, not {path.name}")
+    if dataset is not None and suffix not in HDF5_SUFFIXES + EMD_SUFFIXES:
+        raise InputError(f"dataset= applies to HDF5/EMD files only, not {path.name}")
+    if suffix == ".npy":
+        return _read_npy(path)
+    if suffix in RAW_SUFFIXES:
+        return _read_raw(path, shape, dtype, offset)
+    return _read_h5(path, dataset, emd=suffix in EMD_SUFFIXES)
+
+
+def _check_4d(shape, where) -> None:
+    if len(shape) != 4:
+        raise FileFormatError(
+            f"{where} must be 4D (scan_y, scan_x, ky, kx), got shape {tuple(shape)}"
+        )
+    if min(shape) < 1:
+        raise FileFormatError(f"{where} is empty: shape {tuple(shape)}")
+
+
+def _read_npy(path: Path) -> DataCube:
+    path = _files.existing_file(path, ".npy file")
+    try:
+        data = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise FileFormatError(f"cannot read {path} as .npy (truncated or not .npy?): {exc}") from exc
+    _check_4d(data.shape, str(path))
+    return DataCube(data, meta={"source": str(path), "format": "npy"})
+
+
+def _read_raw(path: Path, shape, dtype, offset: int) -> DataCube:
+    if shape is None or dtype is None:
+        raise InputError(
+            f"raw file {path.name} needs shape=(scan_y, scan_x, ky, kx) and dtype= (e.g. '<u2')"
+        )
+    shape = tuple(int(n) for n in shape)
+    _check_4d(shape, "shape=")
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError as exc:
+        raise InputError(f"dtype={dtype!r} is not a NumPy dtype") from exc
+    if dtype.kind not in "uif":
+        raise InputError(f"raw 4D-STEM data must be real numbers, got dtype {dtype}")
+    offset = int(offset)
+    if offset < 0:
+        raise InputError(f"offset must be >= 0 bytes, got {offset}")
+    path = _files.existing_file(path, "raw file")
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    size = path.stat().st_size
+    if size != expected:
+        state = "truncated" if size < expected else "larger than expected"
+        raise FileFormatError(
+            f"raw file {path} is {state}: {size} bytes, but shape {shape} of {dtype} "
+            f"plus offset {offset} needs {expected} bytes"
+        )
+    data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    return DataCube(data, meta={"source": str(path), "format": "raw"})
+
+
+def _read_h5(path: Path, dataset: str | None, emd: bool) -> DataCube:
+    h5 = _files.open_h5(path)
+    try:
+        ds = _files.h5_dataset(h5, dataset) if dataset is not None else _find_4d(h5, emd)
+        _check_4d(ds.shape, f"{path}:{ds.name}")
+        cal = _attr_calibration(ds)
+        if emd:
+            cal = {**_emd_calibration(h5, ds), **{k: v for k, v in cal.items() if v is not None}}
+        meta = {
+            "source": str(path),
+            "format": "emd" if emd else "hdf5",
+            "dataset": ds.name,
+            "file": h5,
+            "energy_kev": cal.get("energy_kev"),
+            "convergence_mrad": cal.get("convergence_mrad"),
+        }
+        if "emd_calibration" in cal:
+            meta["emd_calibration"] = cal["emd_calibration"]
+        return DataCube(
+            ds, scan_step_nm=cal.get("scan_step_nm"), q_pixel_size=cal.get("q_pixel_size"), meta=meta
+        )
+    except BaseException:
+        h5.close()
+        raise
+
+
+def _find_4d(h5: h5py.File, emd: bool) -> h5py.Dataset:
+    found: list[h5py.Dataset] = []
+    h5.visititems(lambda n, o: found.append(o) if isinstance(o, h5py.Dataset) and o.ndim == 4 else None)
+    if emd:  # py4DSTEM/emdfile: <root>/<name>/data with the group's python_class == "DataCube"
+        cubes = [d for d in found if _text(d.parent.attrs.get("python_class")) == "DataCube"]
+        found = cubes or found
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        present = ", ".join(f"{n} {h5[n].shape}" for n in _files.list_datasets(h5)) or "none"
+        raise FileFormatError(f"{h5.filename} has no 4D dataset (datasets present: {present})")
+    names = ", ".join(f"{d.name} {d.shape}" for d in found)
+    raise FileFormatError(f"{h5.filename} has several 4D datasets ({names}); pick one with dataset=")
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return _text(value.item())
+    return str(value)
+
+
+def _positive(value, what: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        v = float(np.asarray(value).item())
+    except (TypeError, ValueError) as exc:
+        raise FileFormatError(f"calibration {what}={value!r} is not a number") from exc
+    if not np.isfinite(v) or v <= 0:
+        raise FileFormatError(f"calibration {what}={v} must be a positive number")
+    return v
+
+
+def _attr_calibration(ds: h5py.Dataset) -> dict:
+    attrs = {**dict(ds.parent.attrs), **dict(ds.attrs)}
+    return {k: _positive(attrs.get(k), k) for k in CALIBRATION_ATTRS}
+
+
+def _emd_calibration(h5: h5py.File, ds: h5py.Dataset) -> dict:
+    """Calibration of an emdfile/py4DSTEM file: the Calibration group under the cube's root."""
+    root = h5["/" + ds.name.strip("/").split("/")[0]]
+    root = root if isinstance(root, h5py.Group) else h5
+    groups: list[h5py.Group] = []
+    root.visititems(
+        lambda n, o: groups.append(o)
+        if isinstance(o, h5py.Group) and _text(o.attrs.get("python_class")) == "Calibration"
+        else None
+    )
+    if not groups:
+        return {}
+    cal = groups[0]
+
+    def value(name):
+        obj = cal.get(name)
+        return obj[()] if isinstance(obj, h5py.Dataset) else None
+
+    raw = {k: value(k) for k in ("Q_pixel_size", "Q_pixel_units", "R_pixel_size", "R_pixel_units")}
+    out = {"emd_calibration": {k: _text(v) if k.endswith("units") else v for k, v in raw.items()}}
+    q, q_units = value("Q_pixel_size"), (_text(value("Q_pixel_units")) or "").lower()
+    if q is not None and q_units in _Q_UNITS:
+        out["q_pixel_size"] = _positive(q, "Q_pixel_size") * _Q_UNITS[q_units]
+    r, r_units = value("R_pixel_size"), (_text(value("R_pixel_units")) or "").lower()
+    if r is not None and r_units in _R_UNITS:
+        out["scan_step_nm"] = _positive(r, "R_pixel_size") * _R_UNITS[r_units]
+    conv = value("convergence_semiangle_mrad")
+    if conv is not None:
+        out["convergence_mrad"] = _positive(conv, "convergence_semiangle_mrad")
+    return out
+
+
+def write_datacube(cube_or_array, path, **calibration) -> None:
+    """Write a DataCube or 4D array to HDF5 ``/datacube/data`` with calibration attrs, atomically.
+
+    calibration : any of ``q_pixel_size`` (1/Å), ``scan_step_nm`` (nm), ``energy_kev`` (keV),
+        ``convergence_mrad`` (mrad); they override the cube's own values. The data are copied
+        one scan row at a time, so lazy (memmap/HDF5) and CuPy cubes never load at once.
+    """
+    unknown = sorted(set(calibration) - set(CALIBRATION_ATTRS))
+    if unknown:
+        raise InputError(f"unknown calibration {unknown}; expected some of {CALIBRATION_ATTRS}")
+    if isinstance(cube_or_array, DataCube):
+        cube = cube_or_array
+        own = {
+            "q_pixel_size": cube.q_pixel_size,
+            "scan_step_nm": cube.scan_step_nm,
+            "energy_kev": cube.meta.get("energy_kev"),
+            "convergence_mrad": cube.meta.get("convergence_mrad"),
+        }
+    else:
+        cube, own = DataCube(cube_or_array), {}
+    attrs = {**own, **calibration}
+    attrs = {k: _positive(v, k) for k, v in attrs.items() if v is not None}
+    path = Path(path)
+    if path.suffix.lower() not in HDF5_SUFFIXES:
+        raise FileFormatError(f"write_datacube writes HDF5; use one of {HDF5_SUFFIXES}, not {path.name}")
+    sy, sx, ky, kx = cube.shape
+    dtype = np.dtype(cube.data.dtype)
+    with _files.atomic_paths(path) as (tmp,):
+        with h5py.File(tmp, "w") as h5:
+            ds = h5.create_dataset(WRITE_DATASET, shape=cube.shape, dtype=dtype, chunks=(1, sx, ky, kx))
+            for y in range(sy):
+                ds[y] = backend.to_host(cube.data[y])
+            ds.attrs.update(attrs)
