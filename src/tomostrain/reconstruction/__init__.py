@@ -1,0 +1,10 @@
+"""Tomographic reconstruction: geometry, matched projectors, FBP, iterative methods, DART."""
+from .api import reconstruct
+from .dart import dart
+from .fbp import fbp, gridrec
+from .geometry import TiltGeometry, align_projections
+from .iterative import cgls, os_sart, sirt, tv
+from .projectors import backproject, project
+
+__all__ = ["TiltGeometry", "align_projections", "backproject", "cgls", "dart", "fbp", "gridrec", "os_sart",
+           "project", "reconstruct", "sirt", "tv"]

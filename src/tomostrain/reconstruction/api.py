@@ -1,0 +1,179 @@
+"""``reconstruct``: one entry point for every reconstruction method, in slice chunks.
+
+Where it runs and where the result lives: ``backend`` ("auto" | "cpu" | "gpu") picks the device
+that computes; the volume is returned on the side of the input data (NumPy in, NumPy out; CuPy
+in, CuPy out), so a series bigger than GPU memory can stream through the GPU from host memory.
+
+Order of work: validate; resample the projections once onto the aligned frame when there are
+row shifts or a tilt-axis angle (on the input's device; column shifts are folded exactly into
+the projector instead, except for FBP/gridrec which take one centre); estimate the
+data-dependent defaults once from the whole series (TV weight, DART levels) so every chunk uses
+the same; then reconstruct independent slice chunks sized by ``gpu_core.chunks`` and the memory
+budget. On the GPU with host data, each chunk is uploaded from a pinned buffer on a second
+stream while the previous chunk computes (double buffering), and results come back through a
+pinned buffer.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import GeometryError, InputError
+from ..gpu_core import backend as _backend
+from ..gpu_core import chunks
+from .geometry import TiltGeometry, align_projections, check_series
+
+METHODS = ("fbp", "gridrec", "sirt", "cgls", "os_sart", "tv", "dart")
+DEFAULT_ITERATIONS = {"sirt": 100, "cgls": 30, "os_sart": 10, "tv": 200, "dart": 20}
+# working set per slice, in float32 volume slices and sinograms (inputs, outputs, temporaries)
+_WORK = {"fbp": (2, 4), "gridrec": (4, 6), "sirt": (4, 4), "cgls": (5, 4), "os_sart": (4, 4),
+         "tv": (8, 5), "dart": (7, 5)}
+
+
+def _unpack(series, angles_deg):
+    if hasattr(series, "data") and hasattr(series, "angles_deg"):
+        if angles_deg is not None:
+            raise GeometryError("angles_deg given twice: the series already carries .angles_deg")
+        return series.data, series.angles_deg
+    if angles_deg is None:
+        raise GeometryError("an array series needs angles_deg= (degrees, one per projection)")
+    return series, angles_deg
+
+
+def reconstruct(series, method="fbp", angles_deg=None, center=None, shifts=None, tilt_axis_deg=0.0,
+                iterations=None, backend="auto", chunk_budget=None, **options):
+    """Reconstruct a tilt series into a volume ``(n_rows, n_x, n_x)`` float32 ``[y, z, x]``.
+
+    series : an object with ``.data`` (n_angles, n_rows, n_cols) and ``.angles_deg`` (a
+        TiltSeries), or the data array itself with ``angles_deg=`` given
+    method : one of ``METHODS``
+    center, shifts, tilt_axis_deg : the alignment (DESIGN.md §3): rotation-axis column,
+        per-projection ``(dy, dx)`` pixels, tilt-axis angle in degrees
+    iterations : for the iterative methods; default ``DEFAULT_ITERATIONS[method]``
+    backend : "auto" | "cpu" | "gpu", where to compute; the result lives where ``series`` does
+    chunk_budget : bytes one chunk of slices may use; default ``gpu_core.backend.memory_budget``
+    options : passed to the method (``n_x``; fbp/gridrec: ``filter``, ``padding``,
+        ``weighting``; iterative: ``nonnegative``, ``support`` (no ``x0`` here),
+        ``weight`` (tv), ``levels``/``n_classes`` (dart), ...)
+    """
+    if method not in METHODS:
+        raise InputError(f"method must be one of {METHODS}, got {method!r}")
+    data, angles = _unpack(series, angles_deg)
+    check_series(data, "tilt series")
+    n_angles, n_rows, n_cols = data.shape
+    angles = np.asarray(_backend.to_host(angles), dtype=np.float64).ravel()
+    if angles.size != n_angles:
+        raise GeometryError(f"{angles.size} angles given for {n_angles} projections; expected one angle per projection")
+    geo = TiltGeometry(angles, n_rows, n_cols, center=center, shifts=shifts, tilt_axis_deg=tilt_axis_deg)
+    if "x0" in options:
+        raise InputError("reconstruct does not take x0; call the method (e.g. sirt) directly")
+    where = _backend.resolve(backend)
+    fourier = method in ("fbp", "gridrec")
+    if geo.needs_resampling or (fourier and geo.shifts is not None):
+        data = align_projections(data, geo.shifts, geo.tilt_axis_deg)
+        geo = geo.aligned()
+    n_x = int(options.pop("n_x", n_cols))
+    if method in DEFAULT_ITERATIONS:
+        options["iterations"] = DEFAULT_ITERATIONS[method] if iterations is None else int(iterations)
+    elif iterations is not None:
+        raise InputError(f"method {method!r} is not iterative: iterations={iterations} makes no sense")
+    _global_defaults(method, data, geo, n_x, options, where)
+
+    vol_slices, sino_slices = _WORK[method]
+    per_slice = 4 * (vol_slices * n_x * n_x + sino_slices * n_angles * n_cols)
+    budget = _backend.memory_budget(where) if chunk_budget is None else int(chunk_budget)
+    run = _solver(method, geo, n_x, options)
+    input_on_gpu = _backend.is_gpu_array(data)
+    if where == "gpu" and not input_on_gpu:
+        return _stream_through_gpu(data, run, n_rows, n_x, per_slice, budget)
+    if where == "cpu" and input_on_gpu:
+        data = _backend.to_host(data)
+    xp = _backend.xp_of(data)
+    out = xp.empty((n_rows, n_x, n_x), xp.float32)
+
+    def process(sl):
+        out[sl] = run(xp.ascontiguousarray(data[:, sl], dtype=xp.float32), sl)
+
+    chunks.run_chunked(process, n_rows, per_slice, budget)
+    return _to_gpu(out) if input_on_gpu else out
+
+
+def _to_gpu(array):
+    import cupy
+
+    return cupy.asarray(array)
+
+
+def _chunk_geometry(geo: TiltGeometry, sl: slice) -> TiltGeometry:
+    return TiltGeometry(geo.angles_deg, sl.stop - sl.start, geo.n_cols, center=geo.center, shifts=geo.shifts)
+
+
+def _solver(method, geo, n_x, options):
+    """``run(chunk_data, slice) -> chunk volume`` for one method with fixed options."""
+    if method in ("fbp", "gridrec"):
+        from .fbp import fbp, gridrec
+
+        func = fbp if method == "fbp" else gridrec
+        return lambda chunk, sl: func(chunk, geo.angles_deg, center=geo.center, n_x=n_x, **options)
+    from .dart import dart
+    from .iterative import cgls, os_sart, sirt, tv
+
+    func = {"sirt": sirt, "cgls": cgls, "os_sart": os_sart, "tv": tv, "dart": dart}[method]
+    return lambda chunk, sl: func(chunk, geometry=_chunk_geometry(geo, sl), n_x=n_x, **options)
+
+
+def _global_defaults(method, data, geo, n_x, options, where):
+    """Fix the data-dependent defaults once for the whole series, so that chunks agree."""
+    xp = np if where == "cpu" else _backend._cupy()
+    if method == "tv" and options.get("weight") is None:
+        from .iterative import Operator, default_tv_weight
+
+        op = Operator(_chunk_geometry(geo, slice(0, 1)), n_x, xp)
+        data_max = float(_backend.xp_of(data).abs(data).max())
+        options["weight"] = default_tv_weight(data_max, op, op.norm())
+    if method == "dart" and options.get("levels") is None:
+        from .dart import estimate_levels
+        from .iterative import sirt
+
+        n_rows = data.shape[1]
+        sample = np.unique(np.linspace(0, n_rows - 1, min(n_rows, 16)).round().astype(int))
+        part = _backend.to_device(_backend.to_host(data[:, sample]), where)
+        start = sirt(part, geometry=TiltGeometry(geo.angles_deg, len(sample), geo.n_cols, center=geo.center,
+                                                shifts=geo.shifts),
+                     iterations=options.get("initial_iterations", 50), n_x=n_x)
+        options["levels"] = estimate_levels(start, options.pop("n_classes", 3))
+
+
+def _stream_through_gpu(data, run, n_rows, n_x, per_slice, budget):
+    """Host series -> GPU chunks -> host volume, uploads overlapping compute (double buffering)."""
+    import cupy
+    import cupyx
+
+    out = np.empty((n_rows, n_x, n_x), np.float32)
+    copy_stream = cupy.cuda.Stream(non_blocking=True)
+    pending = {}  # (start, stop) -> (device array, ready event) of a prefetched chunk
+
+    def upload(sl):
+        pinned = cupyx.empty_pinned(data[:, sl].shape, np.float32)
+        pinned[...] = data[:, sl]
+        dev = cupy.empty(pinned.shape, cupy.float32)
+        dev.set(pinned, stream=copy_stream)
+        event = copy_stream.record()
+        pending[(sl.start, sl.stop)] = (dev, event, pinned)  # pinned kept alive until the copy ends
+
+    def process(sl):
+        key = (sl.start, sl.stop)
+        if key not in pending:
+            pending.clear()  # a retry with smaller chunks: prefetches no longer match
+            upload(sl)
+        dev, event, _ = pending.pop(key)
+        cupy.cuda.get_current_stream().wait_event(event)
+        nxt = slice(sl.stop, min(n_rows, sl.stop + (sl.stop - sl.start)))
+        if nxt.start < n_rows:
+            upload(nxt)  # overlaps the compute below
+        vol = run(dev, sl)
+        host = cupyx.empty_pinned(vol.shape, np.float32)
+        vol.get(out=host)
+        out[sl] = host
+
+    chunks.run_chunked(process, n_rows, per_slice, budget)
+    return out
