@@ -155,7 +155,7 @@ def nanobeam_4dstem(
     phase_map=None,
     strain=None,
     seed: int = 0,
-    q_pixel_size: float = 0.0125,
+    q_pixel_size: float = 0.0135,
     dose: float = 3e4,
     noise: bool = True,
     disk_radius: float = 5.0,
@@ -249,7 +249,7 @@ def nanobeam_4dstem(
 
     # reflections that stay whole on the detector for every position
     reach = min(ky, kx) / 2.0 - np.abs(origin - np.array([ky / 2.0, kx / 2.0])).max() - disk_radius - 2.0
-    g_max = reach / (q_pixel_size * max(ellipse[0], 1.0) * 1.03)
+    g_max = reach * q_pixel_size / (max(ellipse[0], 1.0) * 1.03)
     reflections = {p: zone_001_reflections(p, g_max) if g_max > 2.0 / LATTICE_A[p] else [] for p in LATTICE_A}
 
     t_rel = thickness / 60.0

@@ -1,0 +1,271 @@
+"""Calibration of a 4D-STEM scan: probe template, diffraction origin (descan), ellipse, q pixel size.
+
+Conventions (DESIGN.md §3): detector coordinates are pixel indices ``(qy, qx)``; the origin is
+``(qy0, qx0)`` per probe position, ``(scan_y, scan_x, 2)``. Elliptical distortion ``(ratio,
+angle_deg)``: about the origin, a detector offset ``d`` is ``E @ q`` of the undistorted offset
+``q`` with ``E = I + (ratio - 1) u u^T``, ``u = (sin a, cos a)`` in ``(y, x)``, i.e. the detector
+is stretched by ``ratio`` along the direction at ``a`` degrees from +x towards +y (``a`` in
+``(-90, 90]``) and unchanged across it. ``correct_ellipse`` applies ``E^-1``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CalibrationError, InputError
+from ..gpu_core import backend as _backend
+from .virtual import array_module, as_cube
+
+
+def probe_template(cube_or_image, region="auto", *, fraction: float = 0.05, backend: str | None = None):
+    """Probe image for disk detection: the mean vacuum pattern, centred and normalised.
+
+    cube_or_image : DataCube / 4D scan, or a (ky, kx) probe image
+    region : "auto" (the ``fraction`` of positions that scatter least, i.e. with the lowest
+        ratio of intensity outside to inside the central disk), or ``(y0, y1, x0, x1)`` scan
+        rows/columns of a vacuum region (ignored for an image)
+
+    Each chosen pattern is moved (Fourier shift, sub-pixel) so that its central disk's centre
+    sits on ``(ky // 2, kx // 2)`` before averaging, so descan does not blur the template.
+    Returns (ky, kx) float64, positive, summing to 1: the form ``find_bragg_disks`` takes (its
+    correlation step normalises the kernel itself). On the device of the data or of ``backend``.
+    """
+    if np.ndim(cube_or_image) == 2:
+        xp = _backend.xp_of(cube_or_image)
+        frames = xp.asarray(cube_or_image, dtype=xp.float64)[None]
+    else:
+        cube = as_cube(cube_or_image)
+        xp = array_module(cube, backend)
+        frames = _vacuum_patterns(cube, region, fraction, xp)
+    if not bool(xp.isfinite(frames).all()) or not float(frames.max()) > 0:
+        raise CalibrationError("probe patterns must be finite with a positive maximum (vacuum patterns)")
+    ky, kx = frames.shape[1:]
+    centres = _disk_centres(frames, xp)
+    shifted = _fourier_shift(frames, xp.asarray([ky // 2, kx // 2], dtype=xp.float64) - centres, xp)
+    probe = xp.clip(shifted.mean(0), 0.0, None)
+    return probe / probe.sum()
+
+
+def measure_origin(cube, *, backend: str | None = None):
+    """Per-position centre of the central disk, (sy, sx, 2) float64 detector pixels.
+
+    The central disk is found on the scan's mean pattern (its brightest disk; radius from its
+    half-maximum area). In each pattern, the centroid of the pixels above half the disk's mean level
+    inside a window of the disk radius + descan margin is taken, then refined once in a window of
+    radius + 2 pixels about that centroid. Bragg disks farther than that from the direct beam
+    do not enter.
+    """
+    cube = as_cube(cube)
+    return _measure_origin(cube, array_module(cube, backend))[0]
+
+
+def _measure_origin(cube, xp):
+    """measure_origin on ``xp``; also returns the central disk radius (px)."""
+    sy, sx = cube.scan_shape
+    ky, kx = cube.detector_shape
+    budget = _backend.memory_budget("cpu" if xp is np else "gpu")
+    mean = xp.zeros((ky, kx), xp.float64)
+    for _, chunk in cube.iter_rows(budget, xp):
+        mean += chunk.sum((0, 1), dtype=xp.float64)
+    (c0,), radius = _disk_centres(mean[None], xp, with_radius=True)
+    iy, ix = xp.indices((ky, kx), dtype=xp.float32)
+    out = xp.empty((sy, sx, 2), xp.float64)
+    for sl, chunk in cube.iter_rows(budget // 8, xp):  # ~8 float64 temporaries per pattern
+        frames = chunk.reshape(-1, ky, kx)
+        centre = xp.broadcast_to(c0, (frames.shape[0], 2))
+        for window in (2.0 * radius + 4.0, radius + 2.0):
+            centre = _thresholded_centroid(frames, centre, window, radius, iy, ix, xp)
+        out[sl] = centre.reshape(sl.stop - sl.start, sx, 2)
+    if not bool(xp.isfinite(out).all()):
+        raise CalibrationError("no central disk found in some patterns (empty or saturated); "
+                               "pass a com_map or a mask to fit_origin")
+    return out, radius
+
+
+def fit_origin(cube_or_origins, mask=None, *, clip_sigma: float = 3.0, iterations: int = 10,
+               backend: str | None = None):
+    """Smooth origin field ``(sy, sx, 2)``: a plane ``o = c + a y + b x`` per component fitted to
+    per-position origins with iterative sigma clipping (robust against disks that were missed).
+
+    cube_or_origins : DataCube / 4D scan (origins measured with ``measure_origin``), or a measured
+        origin map (sy, sx, 2) (e.g. a centre-of-mass map)
+    mask : (sy, sx) bool, positions allowed in the fit (e.g. vacuum/thin regions); default all
+    clip_sigma : positions farther than this many robust sigmas (1.4826 MAD) are rejected
+    """
+    if np.ndim(cube_or_origins) == 3:
+        measured = cube_or_origins
+        xp = _backend.xp_of(measured)
+    else:
+        measured = measure_origin(cube_or_origins, backend=backend)
+        xp = _backend.xp_of(measured)
+    m = _backend.to_host(measured).astype(np.float64)
+    if m.ndim != 3 or m.shape[2] != 2:
+        raise InputError(f"origin map must be (scan_y, scan_x, 2), got shape {m.shape}")
+    sy, sx, _ = m.shape
+    use = np.isfinite(m).all(2)
+    if mask is not None:
+        mk = _backend.to_host(mask).astype(bool)
+        if mk.shape != (sy, sx):
+            raise InputError(f"mask must be (scan_y, scan_x) = {(sy, sx)}, got {mk.shape}")
+        use &= mk
+    if use.sum() < 3:
+        raise CalibrationError(f"fit_origin needs at least 3 usable positions, got {int(use.sum())}")
+    yy, xx = np.indices((sy, sx), dtype=np.float64)
+    design = np.stack([np.ones(sy * sx), yy.ravel(), xx.ravel()], 1)
+    target = m.reshape(-1, 2)
+    keep = use.ravel()
+    for _ in range(iterations):
+        coef, *_ = np.linalg.lstsq(design[keep], target[keep], rcond=None)
+        resid = np.linalg.norm(np.where(use.ravel()[:, None], target - design @ coef, np.inf), axis=1)
+        sigma = 1.4826 * np.median(resid[keep]) + 1e-12
+        new = use.ravel() & (resid <= clip_sigma * sigma)
+        if new.sum() < 3 or (new == keep).all():
+            break
+        keep = new
+    return xp.asarray((design @ coef).reshape(sy, sx, 2))
+
+
+def fit_ellipse(points, rings=None):
+    """Elliptical distortion ``(ratio, angle_deg)`` from Bragg spots of equivalent reflections.
+
+    points : (n, 2) detector offsets ``(qy, qx)`` from the origin (pixels) of spots that would lie
+        on circles without distortion
+    rings : (n,) int, which circle each spot belongs to (e.g. 0 for {200}, 1 for {220}); circles
+        get their own radius. Default: one circle.
+
+    Fits the conic ``d^T Q d = s_ring`` (linear least squares, s_0 = 1); ``Q ∝ E^-2`` so
+    ``ratio = sqrt(lambda_max / lambda_min)`` and the angle is the eigenvector of the smallest
+    eigenvalue (the stretch direction). Returns ``ratio >= 1`` and angle in (-90, 90].
+    """
+    p = np.asarray(_backend.to_host(points), np.float64)
+    if p.ndim != 2 or p.shape[1] != 2 or not np.isfinite(p).all():
+        raise InputError(f"points must be a finite (n, 2) array of (qy, qx) offsets, got shape {p.shape}")
+    r = np.zeros(len(p), np.int64) if rings is None else np.asarray(_backend.to_host(rings)).astype(np.int64)
+    if r.shape != (len(p),):
+        raise InputError(f"rings must have one entry per point ({len(p)}), got shape {r.shape}")
+    ids, r = np.unique(r, return_inverse=True)
+    if len(p) < 3 + len(ids):
+        raise CalibrationError(f"fit_ellipse needs at least {3 + len(ids)} points, got {len(p)}")
+    y, x = p[:, 0], p[:, 1]
+    cols = [y * y, 2 * x * y, x * x] + [-(r == i).astype(float) for i in range(1, len(ids))]
+    design = np.stack(cols, 1)
+    rhs = (r == 0).astype(float)
+    # scale each row by 1/|d|^2 so every spot weighs the same whatever its circle
+    w = 1.0 / (y * y + x * x)
+    sol, *_ = np.linalg.lstsq(design * w[:, None], rhs * w, rcond=None)
+    Q = np.array([[sol[0], sol[1]], [sol[1], sol[2]]])
+    vals, vecs = np.linalg.eigh(Q)
+    if vals[0] <= 0:
+        raise CalibrationError("the spots do not lie on an ellipse (fitted conic is not positive "
+                               "definite); check the origin and the ring assignment")
+    ratio = float(np.sqrt(vals[1] / vals[0]))
+    uy, ux = vecs[:, 0]
+    angle = float(np.degrees(np.arctan2(uy, ux)))
+    angle = (angle + 90.0) % 180.0 - 90.0
+    return ratio, (90.0 if angle == -90.0 else angle)
+
+
+def correct_ellipse(qy, qx, ratio: float, angle_deg: float):
+    """Undistorted offsets ``E^-1 (qy, qx)`` of detector offsets from the origin (pixels)."""
+    if not ratio > 0:
+        raise InputError(f"ellipse ratio must be positive, got {ratio}")
+    a = np.radians(angle_deg)
+    uy, ux = np.sin(a), np.cos(a)
+    along = (qy * uy + qx * ux) * (1.0 - 1.0 / ratio)
+    return qy - along * uy, qx - along * ux
+
+
+def q_pixel_size(g_measured_px, a_known: float, hkl) -> float:
+    """Diffraction pixel size (1/Å per pixel) from spots of one reflection family of a cubic
+    lattice with known parameter ``a_known`` (Å): ``|g_hkl| = sqrt(h²+k²+l²) / a`` over the mean
+    measured length.
+
+    g_measured_px : (n, 2) ellipse-corrected spot offsets ``(qy, qx)`` from the origin, or (n,)
+        spot distances from the origin (pixels)
+    hkl : (h, k, l) of the family, e.g. (2, 0, 0)
+    """
+    g = np.asarray(_backend.to_host(g_measured_px), np.float64)
+    if g.ndim not in (1, 2) or (g.ndim == 2 and g.shape[1] != 2):
+        raise InputError(f"g_measured_px must be (n, 2) offsets or (n,) lengths, got shape {g.shape}")
+    lengths = np.hypot(g[:, 0], g[:, 1]) if g.ndim == 2 else g
+    if lengths.size == 0 or not np.isfinite(lengths).all() or (lengths <= 0).any():
+        raise InputError("g_measured_px must hold finite, non-zero spot offsets (pixels)")
+    if not a_known > 0 or len(hkl) != 3 or not any(hkl):
+        raise InputError(f"need a positive lattice parameter and a non-zero (h, k, l), got {a_known}, {hkl}")
+    return float(np.sqrt(sum(int(v) ** 2 for v in hkl)) / a_known / lengths.mean())
+
+
+def _vacuum_patterns(cube, region, fraction, xp):
+    sy, sx = cube.scan_shape
+    if isinstance(region, str):
+        if region != "auto":
+            raise InputError(f"region must be 'auto' or (y0, y1, x0, x1), got {region!r}")
+        from .virtual import total_intensity, virtual_bf
+
+        where = "cpu" if xp is np else "gpu"
+        origin, radius = _measure_origin(cube, xp)
+        inside = virtual_bf(cube, radius + 2.0, origin, backend=where)
+        total = total_intensity(cube, backend=where)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            score = _backend.to_host((total - inside) / inside).ravel()
+        score[~np.isfinite(score)] = np.inf
+        n = max(1, int(round(fraction * sy * sx)))
+        chosen = np.sort(np.argsort(score, kind="stable")[:n])
+        picked = [cube.rows(int(r), int(r) + 1, xp)[0, xp.asarray(chosen[chosen // sx == r] % sx)]
+                  for r in np.unique(chosen // sx)]
+        return xp.concatenate(picked).astype(xp.float64)
+    try:
+        y0, y1, x0, x1 = (int(v) for v in region)
+    except (TypeError, ValueError):
+        raise InputError(f"region must be 'auto' or (y0, y1, x0, x1), got {region!r}") from None
+    if not (0 <= y0 < y1 <= sy and 0 <= x0 < x1 <= sx):
+        raise CalibrationError(f"probe region {region} is outside the scan {(sy, sx)} or empty")
+    block = cube.rows(y0, y1, xp)[:, x0:x1]
+    return block.reshape(-1, *cube.detector_shape).astype(xp.float64)
+
+
+def _disk_centres(frames, xp, with_radius=False):
+    """Centre (n, 2) of the brightest disk of each frame: centroid of pixels above half of the
+    frame's maximum after a 3x3 box smoothing, restricted to the connected blob of the maximum
+    via a window of 2 radii. Optionally also the radius (px) of the first frame's disk."""
+    n, ky, kx = frames.shape
+    smooth = _box3(frames, xp)
+    peak = smooth.reshape(n, -1).max(1)
+    above = smooth > 0.5 * peak[:, None, None]
+    radius = float(np.sqrt(float(above[0].sum()) / np.pi))
+    arg = smooth.reshape(n, -1).argmax(1)
+    start = xp.stack([arg // kx, arg % kx], 1).astype(xp.float64)
+    iy, ix = xp.indices((ky, kx), dtype=xp.float32)
+    centre = _thresholded_centroid(frames, start, 2.0 * radius + 3.0, radius, iy, ix, xp)
+    centre = _thresholded_centroid(frames, centre, radius + 2.0, radius, iy, ix, xp)
+    if with_radius:
+        above0 = above[0] & ((iy - float(centre[0, 0])) ** 2 + (ix - float(centre[0, 1])) ** 2 < (2 * radius + 3) ** 2)
+        return centre, float(np.sqrt(float(above0.sum()) / np.pi))
+    return centre
+
+
+def _thresholded_centroid(frames, centre, window, radius, iy, ix, xp):
+    """Centroid of ``frame - level/2`` (clipped at 0) within ``window`` px of ``centre``, where
+    ``level`` is the mean intensity of the disk of ``radius`` about ``centre``."""
+    cy, cx = centre[:, 0, None, None], centre[:, 1, None, None]
+    r2 = (iy - cy) ** 2 + (ix - cx) ** 2
+    disk = r2 < radius * radius
+    level = xp.where(disk, frames, 0).sum((1, 2)) / xp.maximum(disk.sum((1, 2)), 1)
+    w = xp.where(r2 < window * window, xp.clip(frames - 0.5 * level[:, None, None], 0, None), 0)
+    tot = w.sum((1, 2))
+    safe = xp.where(tot > 0, tot, xp.nan)
+    return xp.stack([(w * iy).sum((1, 2)) / safe, (w * ix).sum((1, 2)) / safe], 1)
+
+
+def _box3(frames, xp):
+    pad = xp.pad(frames, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    ky, kx = frames.shape[1:]
+    return sum(pad[:, i : i + ky, j : j + kx] for i in range(3) for j in range(3)) / 9.0
+
+
+def _fourier_shift(frames, shift, xp):
+    """Move each frame by ``shift`` (n, 2) pixels (+ moves content to higher indices)."""
+    n, ky, kx = frames.shape
+    fy = xp.fft.fftfreq(ky)[None, :, None]
+    fx = xp.fft.fftfreq(kx)[None, None, :]
+    ramp = xp.exp(-2j * np.pi * (fy * shift[:, 0, None, None] + fx * shift[:, 1, None, None]))
+    return xp.fft.ifft2(xp.fft.fft2(frames) * ramp).real
