@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, io
-from .errors import InputError
+from .errors import CalibrationError, InputError
 from .gpu_core import backend as be
 
 
@@ -178,6 +178,128 @@ def _quantify_tree(q: dict) -> dict:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=None, q_pixel_size=None,
+         energy_kev=None, convergence_mrad=None, shape=None, dtype=None, backend="auto", command="",
+         job: Job | None = None) -> Path | None:
+    """Calibrate a 4D-STEM scan, find Bragg disks, fit the lattice, map strain and phases.
+
+    ``reference`` (y0, y1, x0, x1) is the unstrained region (default: every position of the main
+    phase, i.e. the most frequent non-vacuum phase); ``probe`` a vacuum region (y0, y1, x0, x1), a
+    probe image file (.npy/.tif) or None for the positions that scatter least. The q pixel size
+    (1/Å) comes from the file's metadata unless given. With ``job`` given, the steps are added to
+    that job and nothing is written here.
+    """
+    from .strain import calibrate
+    from .strain.disks import disk_geometry, find_bragg_disks
+    from .strain.lattice import choose_lattice_vectors, fit_lattice
+    from .strain.phases import phase_map, resolve_phases
+    from .strain.strainmap import strain_map
+    from .strain.virtual import virtual_adf, virtual_bf
+
+    params = {"stem": {"input": str(input), "phases": list(phases), "reference": reference,
+                       "probe": str(probe) if probe is not None else None, "q_pixel_size": q_pixel_size,
+                       "energy_kev": energy_kev, "convergence_mrad": convergence_mrad}}
+    own = job is None
+    job = job or Job(Path(output), command, params, backend)
+    resolve_phases(list(phases))  # unknown names fail before any work
+    cube = io.read_datacube(Path(input), shape=shape, dtype=dtype)
+    try:
+        q_pixel_size = q_pixel_size or cube.q_pixel_size
+        if not q_pixel_size:
+            raise CalibrationError(f"{input}: no q_pixel_size in the file's metadata; give --q-pixel-size (1/Å)")
+        sy, sx = cube.scan_shape
+        ref_mask = None
+        if reference is not None:
+            y0, y1, x0, x1 = reference
+            if not (0 <= y0 < y1 <= sy and 0 <= x0 < x1 <= sx):
+                raise CalibrationError(f"reference region {y0}:{y1},{x0}:{x1} is outside the {sy}x{sx} scan")
+            ref_mask = np.zeros((sy, sx), bool)
+            ref_mask[y0:y1, x0:x1] = True
+        st = job.results.setdefault("stem", {})
+        b = job.backend
+        if not job.done("calibrate"):
+            with job.step("calibrate"):
+                kernel = _probe_template(cube, probe, b)
+                origin = calibrate.fit_origin(cube, backend=b)
+                radius = disk_geometry(kernel)[2]
+                st["calibration"] = {"origin": be.to_host(origin).astype(np.float32), "probe": be.to_host(kernel),
+                                     "@attrs": {"q_pixel_size": q_pixel_size, "disk_radius_px": radius,
+                                                "energy_kev": energy_kev or cube.meta.get("energy_kev"),
+                                                "convergence_mrad": convergence_mrad or cube.meta.get("convergence_mrad")}}
+        cal = st["calibration"]
+        origin, kernel, radius = cal["origin"], cal["probe"], float(cal["@attrs"]["disk_radius_px"])
+        if not job.done("virtual"):
+            with job.step("virtual"):
+                st["virtual"] = {"bf": be.to_host(virtual_bf(cube, radius * 1.2, origin, backend=b)),
+                                 "adf": be.to_host(virtual_adf(cube, radius * 2.5, min(cube.detector_shape) / 2, origin, backend=b))}
+        if not job.done("phase"):
+            with job.step("phase"):
+                pm = phase_map(cube, list(phases), q_pixel_size, origin=origin, disk_radius=radius, backend=b)
+                st["phase"] = {"labels": be.to_host(pm.labels).astype(np.uint8),
+                               "confidence": be.to_host(pm.confidence).astype(np.float32), "@attrs": {"names": list(pm.names)}}
+        labels = st["phase"]["labels"]
+        counts = np.bincount(labels.ravel(), minlength=2)[1:]
+        if counts.sum() == 0:
+            raise CalibrationError(f"{input}: no position shows Bragg scattering of {', '.join(phases)}")
+        main = labels == 1 + int(np.argmax(counts))
+        fit_region = ref_mask if ref_mask is not None else main
+        if not job.done("lattice"):
+            with job.step("lattice"):
+                peaks = find_bragg_disks(cube, kernel, backend=b)
+                g1, g2 = choose_lattice_vectors(peaks, origin, mask=main)
+                ellipse = _fit_ellipse(peaks, origin, g1, g2, fit_region) if cube.ellipse is None else cube.ellipse
+                fit = fit_lattice(peaks, origin, g1, g2, ellipse=ellipse, q_pixel_size=q_pixel_size)
+                st["lattice"] = {"g1": be.to_host(fit.g1), "g2": be.to_host(fit.g2),
+                                 "n_peaks": be.to_host(fit.n_peaks), "residual": be.to_host(fit.residual),
+                                 "@attrs": {"main_phase": st["phase"]["@attrs"]["names"][1 + int(np.argmax(counts))],
+                                            "n_disks": int(len(peaks.qy))}}
+                cal["@attrs"]["ellipse"] = [float(v) for v in ellipse]
+        if not job.done("strain"):
+            with job.step("strain"):
+                lat = st["lattice"]
+                valid = main & (lat["n_peaks"] >= 4)
+                sm = strain_map(lat["g1"], lat["g2"], reference=fit_region & valid, mask=valid)
+                st["strain"] = {k: be.to_host(getattr(sm, k)) for k in ("exx", "eyy", "exy", "theta")}
+                st["strain"]["mask"] = be.to_host(sm.mask).astype(np.uint8)
+                st["strain"]["@attrs"] = {"reference": "region" if ref_mask is not None else "main phase",
+                                          "G_ref_per_A": be.to_host(sm.G_ref).tolist()}
+    finally:
+        _close(cube)
+    return job.finish() if own else None
+
+
+def _probe_template(cube, probe, backend):
+    """Probe kernel from a region, an image file, or the least-scattering positions."""
+    from .strain import calibrate
+
+    if isinstance(probe, (str, Path)):
+        image = io.read_image(Path(probe))
+        return calibrate.probe_template(image, backend=backend)
+    return calibrate.probe_template(cube, region=probe if probe is not None else "auto", backend=backend)
+
+
+def _fit_ellipse(peaks, origin, g1, g2, region):
+    """Elliptical distortion from the {g1, g2} and {g1 ± g2} spots of the region's positions.
+
+    Assumes g1 and g2 are symmetry-equivalent (a cubic [001] zone: {200} and {220} rings).
+    """
+    from .strain import calibrate
+    from .strain.lattice import fit_lattice
+
+    fit = fit_lattice(peaks, origin, g1, g2)
+    u, v = be.to_host(fit.g1)[region], be.to_host(fit.g2)[region]
+    pts = np.concatenate([u, v, u + v, u - v])
+    rings = np.repeat([0, 0, 1, 1], len(u))
+    ok = np.isfinite(pts).all(1)
+    return calibrate.fit_ellipse(pts[ok], rings[ok])
+
+
+def _close(cube) -> None:
+    handle = cube.meta.get("file")
+    if handle is not None and hasattr(handle, "close"):
+        handle.close()
 
 
 def run_job(path, command: str = "") -> Path:

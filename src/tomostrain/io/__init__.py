@@ -4,6 +4,7 @@ Tilt series: DXchange HDF5, IMOD MRC (+ .rawtlt/.tlt), TIFF. 4D-STEM: .npy, raw 
 py4DSTEM EMD. Results: the HDF5 layout of DESIGN.md §4, written atomically.
 """
 from .datacube import read_datacube, write_datacube
+from .images import read_image
 from .results import append_results, read_results, write_results
 from .tiltseries import TiltSeries, read_tilt_series, write_tilt_series
 
@@ -16,4 +17,5 @@ __all__ = [
     "write_results",
     "append_results",
     "read_results",
+    "read_image",
 ]
