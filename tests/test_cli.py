@@ -108,3 +108,41 @@ def test_job_file_errors(tmp_path):
     bad.write_text("[job\n")
     with pytest.raises(Exception, match="not valid TOML"):
         pipeline.run_job(bad)
+
+
+@pytest.fixture(scope="module")
+def scan_file(tmp_path_factory):
+    from tomostrain.synthetic import nanobeam_4dstem
+
+    data, truth = nanobeam_4dstem((40, 40), (128, 128), seed=3)
+    path = tmp_path_factory.mktemp("scan") / "scan.h5"
+    io.write_datacube(data, path, q_pixel_size=truth["q_pixel_size"], scan_step_nm=2.0)
+    return path, truth
+
+
+def test_stem_command_maps_strain_and_phases(scan_file, tmp_path):
+    path, truth = scan_file
+    out = tmp_path / "stem.h5"
+    assert cli.main(["stem", str(path), "-o", str(out), "--backend", "cpu"]) == 0
+    r = io.read_results(out)
+    st = r["stem"]
+    names = list(st["phase"]["@attrs"]["names"]) if not isinstance(st["phase"]["@attrs"]["names"], str) \
+        else json.loads(st["phase"]["@attrs"]["names"])
+    # phases: simulator labels 0 vacuum, 1 Na2O, 2 NiO, 3 Ni mapped through the names
+    want = np.array(truth["label_names"])[truth["labels"]]
+    got = np.array(names)[st["phase"]["labels"]]
+    assert (got == want).mean() > 0.95
+    nio = (truth["labels"] == 2) & st["strain"]["mask"].astype(bool)
+    assert nio.sum() > 0.9 * (truth["labels"] == 2).sum()
+    for key, tol in (("exx", 2e-3), ("eyy", 2e-3), ("exy", 2e-3), ("theta", 0.1)):
+        err = st["strain"][key][nio] - truth[key][nio]
+        assert np.sqrt(np.mean((err - np.median(err)) ** 2)) < tol, key   # up to the reference's offset
+    assert st["calibration"]["origin"].shape == (40, 40, 2)
+    assert np.abs(st["calibration"]["origin"] - truth["origin"]).max() < 0.2
+    assert st["virtual"]["adf"].shape == (40, 40)
+
+
+def test_stem_reference_outside_scan_is_a_clear_error(scan_file, tmp_path, capsys):
+    path, _ = scan_file
+    assert cli.main(["stem", str(path), "-o", str(tmp_path / "x.h5"), "--reference", "30:50,0:10"]) == 2
+    assert "outside the 40x40 scan" in capsys.readouterr().err

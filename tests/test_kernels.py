@@ -15,7 +15,7 @@ from tomostrain.gpu_core import kernels
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 ALL = kernels.all_kernels()
-EXPECTED_MODULES = {"virtual_detector"}
+EXPECTED_MODULES = {"virtual_detector", "projector", "gridding", "disk_peaks"}
 
 
 def test_every_kernel_module_is_registered():

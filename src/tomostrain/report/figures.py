@@ -43,9 +43,10 @@ def _orthoslices(volume, cmap):
 
     v = np.asarray(volume)
     cy, cz, cx = (n // 2 for n in v.shape)
+    lo, hi = float(v.min()), float(v.max())  # one colour scale for all three views
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.8), constrained_layout=True)
     for ax, img, title in zip(axes, (v[cy], v[:, cz, :], v[:, :, cx]), ("slice y (z down, x across)", "z (y down, x across)", "x (y down, z across)")):
-        ax.imshow(img, cmap=cmap, interpolation="nearest")
+        ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
