@@ -1,0 +1,451 @@
+"""Bragg-disk peaks of a chunk of correlation maps: local maxima, spacing rule, sub-pixel refinement.
+
+Per pattern ``n`` (correlation map ``corr[n]`` and, for the edge fit, the pattern ``frames[n]``):
+
+1. candidates: pixels at least ``edge`` pixels from the border that are local maxima of their 3x3
+   neighbourhood (ties go to the first pixel in raster order) with ``corr >= thr[n]`` and ``> 0``;
+2. selection: repeatedly take the strongest remaining candidate (ties: lowest pixel index) and drop
+   every candidate closer than ``min_spacing`` pixels, up to ``max_peaks`` peaks;
+3. refinement of each peak to sub-pixel precision, by ``mode``:
+   ``PARABOLIC`` three-point parabola along y and x of the correlation,
+   ``COM`` centre of mass of the 3x3 correlation above its minimum,
+   ``EDGE`` Gauss-Newton fit of the pattern, in a window of radius ``radius + 3 width + 1.5``,
+   to the probe's own disk profile with a free linear intensity gradient inside:
+   ``m(y, x) = (a + b*u + c*v) * P(radius + (r - R) / s) + d``, ``r = |(y, x) - (cy, cx)|``,
+   ``u, v = (y - cy, x - cx) / radius``, where ``P`` is the probe's radial profile tabulated at
+   ``r = k * dr`` (1 inside, 0 outside) with its slope ``dP``; free ``cy, cx, R, a, b, c, d`` and
+   the edge scale ``s``. Each pixel is weighted ``1 / (|m| + 0.03 a)`` (Poisson-like: variance
+   grows with the expected counts; the floor keeps the background from dominating). The centre
+   comes from where the edge is, not from how bright the inside is, so a thickness-dependent
+   gradient does not bias it. It starts from the parabolic
+   position and falls back to it when the fit fails (singular, or a move of more than
+   ``radius / 2``, or ``R``, ``s`` out of range).
+
+Output ``peaks[n, j] = (qy, qx, correlation at the peak pixel)`` for ``j < count[n]``, strongest
+first; ``n_candidates[n]`` counts the step-1 candidates (more than ``MAX_CAND`` are not all seen).
+
+GPU: one block per pattern (grid-stride over patterns); threads stride over pixels and append
+candidates to shared memory with an atomic counter, thread 0 selects, threads refine one peak
+each. CPU twin: ``prange`` over patterns. Both call the same device functions.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import cuda
+from numba.extending import register_jitable
+
+from . import cupy_stream, register
+
+THREADS = 64
+MAX_CAND = 1024      # candidates kept per pattern (step 1)
+MAX_PEAKS = 256      # peaks returned per pattern at most (step 2)
+PARABOLIC, COM, EDGE = 0, 1, 2
+N_PAR = 8            # edge fit: cy, cx, R, a, b, c, d, s
+GN_ITER = 12
+
+
+@register_jitable
+def _is_candidate(c, p, kx, edge, thr):
+    """True when flat pixel ``p`` of map ``c`` (ky, kx) is a thresholded, border-free local max."""
+    ky = c.shape[0]
+    y = p // kx
+    x = p - y * kx
+    if y < edge or y >= ky - edge or x < edge or x >= kx - edge:
+        return False
+    v = c[y, x]
+    if v < thr or v <= 0.0:
+        return False
+    for dy in range(-1, 2):
+        for dx in range(-1, 2):
+            if dy == 0 and dx == 0:
+                continue
+            w = c[y + dy, x + dx]
+            if dy < 0 or (dy == 0 and dx < 0):
+                if w >= v:
+                    return False
+            elif w > v:
+                return False
+    return True
+
+
+@register_jitable
+def _select(cand_v, cand_i, m, kx, min_spacing, max_peaks, sel):
+    """Greedy strongest-first selection with a minimum spacing; writes pixel indices to ``sel``.
+
+    ``cand_v`` is overwritten (taken or suppressed candidates become -inf). Returns the count.
+    """
+    s2 = min_spacing * min_spacing
+    n_sel = 0
+    while n_sel < max_peaks:
+        best = -1
+        bv = -math.inf
+        bi = 0
+        for k in range(m):
+            v = cand_v[k]
+            if v > bv or (v == bv and best >= 0 and cand_i[k] < bi):
+                best = k
+                bv = v
+                bi = cand_i[k]
+        if best < 0:
+            break
+        sel[n_sel] = bi
+        n_sel += 1
+        cand_v[best] = -math.inf
+        by = bi // kx
+        bx = bi - by * kx
+        for k in range(m):
+            if cand_v[k] > -math.inf:
+                iy = cand_i[k] // kx
+                dy = iy - by
+                dx = cand_i[k] - iy * kx - bx
+                if dy * dy + dx * dx < s2:
+                    cand_v[k] = -math.inf
+    return n_sel
+
+
+@register_jitable
+def _parabola(a, b, c):
+    """Offset in [-0.5, 0.5] of the vertex of the parabola through (-1, a), (0, b), (1, c)."""
+    den = a - 2.0 * b + c
+    if den >= 0.0:
+        return 0.0
+    off = 0.5 * (a - c) / den
+    return min(0.5, max(-0.5, off))
+
+
+@register_jitable
+def _solve(A, r, n):
+    """Solve ``A x = r`` (n x n, in place, partial pivoting); x in ``r``. False when singular."""
+    for col in range(n):
+        piv = col
+        big = abs(A[col, col])
+        for row in range(col + 1, n):
+            if abs(A[row, col]) > big:
+                big = abs(A[row, col])
+                piv = row
+        if not big > 1e-300:
+            return False
+        if piv != col:
+            for k in range(n):
+                t = A[col, k]
+                A[col, k] = A[piv, k]
+                A[piv, k] = t
+            t = r[col]
+            r[col] = r[piv]
+            r[piv] = t
+        for row in range(col + 1, n):
+            f = A[row, col] / A[col, col]
+            if f != 0.0:
+                for k in range(col, n):
+                    A[row, k] -= f * A[col, k]
+                r[row] -= f * r[col]
+    for col in range(n - 1, -1, -1):
+        s = r[col]
+        for k in range(col + 1, n):
+            s -= A[col, k] * r[k]
+        r[col] = s / A[col, col]
+    return True
+
+
+@register_jitable
+def _profile(prof, dprof, dr, rr):
+    """Value and slope of the tabulated disk profile at radius ``rr`` (0 beyond the table)."""
+    t = max(rr / dr, 0.0)
+    k = int(t)
+    if k >= prof.shape[0] - 1:
+        return 0.0, 0.0
+    f = t - k
+    return prof[k] * (1.0 - f) + prof[k + 1] * f, dprof[k] * (1.0 - f) + dprof[k + 1] * f
+
+
+@register_jitable
+def _fit_disk(f, y0, x0, cy0, cx0, radius, width, prof, dprof, dr, par, jac, A, g):
+    """Gauss-Newton fit of one disk with a linear intensity gradient (module docstring) in the
+    window of radius ``radius + 3 width + 1.5`` around pixel (y0, x0), starting at (cy0, cx0).
+    Returns True, with (cy, cx) in par[0:2], on success."""
+    ky = f.shape[0]
+    kx = f.shape[1]
+    reach = radius + 3.0 * width + 1.5
+    half = int(reach)
+    par[0] = cy0
+    par[1] = cx0
+    par[2] = radius
+    par[3] = f[y0, x0]
+    par[4] = 0.0
+    par[5] = 0.0
+    par[6] = 0.0
+    par[7] = 1.0
+    for _ in range(GN_ITER):
+        for i in range(N_PAR):
+            g[i] = 0.0
+            for k in range(N_PAR):
+                A[i, k] = 0.0
+        for y in range(max(0, y0 - half), min(ky, y0 + half + 1)):
+            for x in range(max(0, x0 - half), min(kx, x0 + half + 1)):
+                if (y - y0) ** 2 + (x - x0) ** 2 > reach * reach:
+                    continue
+                dy = y - par[0]
+                dx = x - par[1]
+                r = math.sqrt(dy * dy + dx * dx)
+                u = dy / radius
+                v = dx / radius
+                s, ds = _profile(prof, dprof, dr, radius + (r - par[2]) / par[7])
+                ds /= par[7]                        # dS/dr
+                lin = par[3] + par[4] * u + par[5] * v
+                ry = dy / r if r > 1e-9 else 0.0
+                rx = dx / r if r > 1e-9 else 0.0
+                jac[0] = -par[4] * s / radius - lin * ds * ry
+                jac[1] = -par[5] * s / radius - lin * ds * rx
+                jac[2] = -lin * ds
+                jac[3] = s
+                jac[4] = u * s
+                jac[5] = v * s
+                jac[6] = 1.0
+                jac[7] = -lin * ds * (r - par[2]) / par[7]
+                model = lin * s + par[6]
+                res = f[y, x] - model
+                wt = 1.0 / (abs(model) + 0.03 * abs(par[3]) + 1e-30)
+                for i in range(N_PAR):
+                    g[i] += wt * jac[i] * res
+                    for k in range(i + 1):
+                        A[i, k] += wt * jac[i] * jac[k]
+        for i in range(N_PAR):
+            for k in range(i + 1, N_PAR):
+                A[i, k] = A[k, i]
+        if not _solve(A, g, N_PAR):
+            return False
+        step = max(abs(g[0]), abs(g[1]))
+        scale = 1.0 if step <= 0.5 else 0.5 / step    # trust region on the centre
+        for i in range(N_PAR):
+            par[i] += scale * g[i]
+        if not (abs(par[0] - cy0) <= 0.5 * radius and abs(par[1] - cx0) <= 0.5 * radius):
+            return False
+        if not (abs(par[2] - radius) < 0.5 * radius and par[7] > 0.25 and par[7] < 4.0):
+            return False
+        if step < 1e-3:
+            break
+    return True
+
+
+@register_jitable
+def _refine(c, f, p, kx, mode, radius, width, prof, dprof, dr, out, par, jac, A, g):
+    """Write (qy, qx, intensity) of the peak at flat pixel ``p`` to ``out`` (see module doc)."""
+    y = p // kx
+    x = p - y * kx
+    v = c[y, x]
+    if mode == COM:
+        lo = v
+        for dy in range(-1, 2):
+            for dx in range(-1, 2):
+                lo = min(lo, c[y + dy, x + dx])
+        sw = 0.0
+        sy = 0.0
+        sx = 0.0
+        for dy in range(-1, 2):
+            for dx in range(-1, 2):
+                w = c[y + dy, x + dx] - lo
+                sw += w
+                sy += w * dy
+                sx += w * dx
+        oy = sy / sw if sw > 0.0 else 0.0
+        ox = sx / sw if sw > 0.0 else 0.0
+    else:
+        oy = _parabola(c[y - 1, x], v, c[y + 1, x])
+        ox = _parabola(c[y, x - 1], v, c[y, x + 1])
+    qy = y + oy
+    qx = x + ox
+    if mode == EDGE and _fit_disk(f, y, x, qy, qx, radius, width, prof, dprof, dr, par, jac, A, g):
+        if math.isfinite(par[0]) and math.isfinite(par[1]):
+            qy = par[0]
+            qx = par[1]
+    out[0] = qy
+    out[1] = qx
+    out[2] = v
+
+
+@cuda.jit
+def disk_peaks_gpu(corr, frames, thr, edge, min_spacing, max_peaks, mode, radius, width,
+                   prof, dprof, dr, peaks, counts, n_candidates):
+    """corr, frames (N, ky, kx) float32; thr (N,) float32; peaks (N, >= max_peaks, 3) float32;
+    counts, n_candidates (N,) int32. One block per pattern."""
+    tid = cuda.threadIdx.x
+    cand_v = cuda.shared.array(MAX_CAND, numba.float32)
+    cand_i = cuda.shared.array(MAX_CAND, numba.int32)
+    sel = cuda.shared.array(MAX_PEAKS, numba.int32)
+    n_cand = cuda.shared.array(1, numba.int32)
+    n_sel = cuda.shared.array(1, numba.int32)
+    par = cuda.local.array(N_PAR, numba.float64)
+    jac = cuda.local.array(N_PAR, numba.float64)
+    A = cuda.local.array((N_PAR, N_PAR), numba.float64)
+    g = cuda.local.array(N_PAR, numba.float64)
+    ky = corr.shape[1]
+    kx = corr.shape[2]
+    for n in range(cuda.blockIdx.x, corr.shape[0], cuda.gridDim.x):
+        if tid == 0:
+            n_cand[0] = 0
+        cuda.syncthreads()
+        c = corr[n]
+        for p in range(tid, ky * kx, cuda.blockDim.x):
+            if _is_candidate(c, p, kx, edge, thr[n]):
+                k = cuda.atomic.add(n_cand, 0, 1)
+                if k < MAX_CAND:
+                    cand_v[k] = c[p // kx, p % kx]
+                    cand_i[k] = p
+        cuda.syncthreads()
+        if tid == 0:
+            m = min(n_cand[0], MAX_CAND)
+            n_sel[0] = _select(cand_v, cand_i, m, kx, min_spacing, max_peaks, sel)
+            counts[n] = n_sel[0]
+            n_candidates[n] = n_cand[0]
+        cuda.syncthreads()
+        for j in range(tid, n_sel[0], cuda.blockDim.x):
+            _refine(c, frames[n], sel[j], kx, mode, radius, width, prof, dprof, dr, peaks[n, j], par, jac, A, g)
+        cuda.syncthreads()
+
+
+@numba.njit(parallel=True, cache=True)
+def disk_peaks_cpu(corr, frames, thr, edge, min_spacing, max_peaks, mode, radius, width,
+                   prof, dprof, dr, peaks, counts, n_candidates):
+    n_pat, ky, kx = corr.shape
+    for n in numba.prange(n_pat):
+        cand_v = np.empty(MAX_CAND, np.float32)
+        cand_i = np.empty(MAX_CAND, np.int32)
+        sel = np.empty(MAX_PEAKS, np.int32)
+        par = np.empty(N_PAR, np.float64)
+        jac = np.empty(N_PAR, np.float64)
+        A = np.empty((N_PAR, N_PAR), np.float64)
+        g = np.empty(N_PAR, np.float64)
+        c = corr[n]
+        m = 0
+        for p in range(ky * kx):
+            if _is_candidate(c, p, kx, edge, thr[n]):
+                if m < MAX_CAND:
+                    cand_v[m] = c[p // kx, p % kx]
+                    cand_i[m] = p
+                m += 1
+        n_candidates[n] = m
+        k = _select(cand_v, cand_i, min(m, MAX_CAND), kx, min_spacing, max_peaks, sel)
+        counts[n] = k
+        for j in range(k):
+            _refine(c, frames[n], sel[j], kx, mode, radius, width, prof, dprof, dr, peaks[n, j], par, jac, A, g)
+
+
+def disk_profile(template, cy, cx, radius, dr=0.1):
+    """Radial profile of a probe image about its centre ``(cy, cx)``: ``(P, dP/dr)`` float64
+    sampled at ``r = k * dr`` out to where the disk has faded, normalised to 1 inside
+    (``r < radius / 2``) and 0 outside; local means over 0.3-pixel rings, then linear
+    interpolation onto the grid."""
+    t = np.asarray(template, dtype=np.float64)
+    iy, ix = np.indices(t.shape)
+    r = np.hypot(iy - cy, ix - cx).ravel()
+    v = t.ravel()
+    inside = v[r < 0.5 * radius].mean()
+    far = r > 1.6 * radius + 3
+    outside = np.median(v[far]) if far.any() else 0.0
+    bins = np.arange(0.0, 1.6 * radius + 3, 0.3)
+    idx = np.digitize(r, bins) - 1
+    ok = (idx >= 0) & (idx < len(bins) - 1)
+    cnt = np.bincount(idx[ok], minlength=len(bins) - 1)
+    tot = np.bincount(idx[ok], weights=v[ok], minlength=len(bins) - 1)
+    rsum = np.bincount(idx[ok], weights=r[ok], minlength=len(bins) - 1)
+    have = cnt > 0
+    grid = np.arange(0.0, bins[-1] + dr, dr)
+    prof = np.interp(grid, rsum[have] / cnt[have], tot[have] / cnt[have])
+    prof = (prof - outside) / (inside - outside)
+    prof[grid < 0.5 * radius] = 1.0
+    prof[-1] = 0.0
+    return prof, np.gradient(prof, dr)
+
+
+def disk_peaks(corr, frames, thr, *, edge, min_spacing, max_peaks, mode, radius=1.0, width=1.0,
+               profile=None, dr=0.1):
+    """Peaks of a chunk of correlation maps, on the device ``corr`` lives on (module docstring).
+
+    Parameters
+    ----------
+    corr : (N, ky, kx) float32 correlation maps (NumPy or CuPy, C-contiguous)
+    frames : (N, ky, kx) float32 patterns, read only by ``mode=EDGE`` (pass ``corr`` otherwise)
+    thr : (N,) float32 minimum correlation per pattern
+    edge : border (pixels, >= 1) where no peak is taken; min_spacing : pixels;
+    max_peaks : <= MAX_PEAKS; mode : PARABOLIC | COM | EDGE
+    radius, width, profile, dr : for EDGE, the probe's disk radius and edge width (pixels) and
+        ``disk_profile(...)`` sampled every ``dr`` pixels
+
+    Returns
+    -------
+    peaks : (N, max_peaks, 3) float32 ``(qy, qx, intensity)``, rows ``>= counts[n]`` undefined
+    counts : (N,) int32 peaks found; n_candidates : (N,) int32 local maxima above threshold
+    """
+    is_gpu = hasattr(corr, "__cuda_array_interface__")
+    if is_gpu:
+        import cupy as xp
+    else:
+        xp = np
+    n = corr.shape[0]
+    prof, dprof = profile if profile is not None else (np.zeros(2), np.zeros(2))
+    prof = xp.asarray(prof, dtype=xp.float64)
+    dprof = xp.asarray(dprof, dtype=xp.float64)
+    peaks = xp.zeros((n, max_peaks, 3), xp.float32)
+    counts = xp.zeros(n, xp.int32)
+    n_cand = xp.zeros(n, xp.int32)
+    args = (corr, frames, thr, int(edge), float(min_spacing), int(max_peaks), int(mode),
+            float(radius), float(width), prof, dprof, float(dr), peaks, counts, n_cand)
+    if is_gpu:
+        disk_peaks_gpu[min(n, 65535 * 16), THREADS, cupy_stream()](*args)
+    else:
+        disk_peaks_cpu(*args)
+    return peaks, counts, n_cand
+
+
+def _disk_image(shape, centres, radius, slope, rng):
+    """Sum of soft disks with a linear gradient along x, plus uniform noise (sim case)."""
+    iy, ix = np.indices(shape)
+    img = np.zeros(shape)
+    for cy, cx in centres:
+        r = np.hypot(iy - cy, ix - cx)
+        img += (1.0 + slope * (ix - cx) / radius) / (1.0 + np.exp((r - radius) / 0.7))
+    return (img + 0.02 * rng.random(shape)).astype(np.float32)
+
+
+def _sim_case(rng):
+    shape = (23, 29)
+    frames = np.stack([
+        _disk_image(shape, [(6.3, 7.6), (15.2, 20.4)], 3.0, 0.5, rng),
+        _disk_image(shape, [(11.0, 14.0)], 3.0, -0.4, rng),
+        np.zeros(shape, np.float32),
+    ])
+    corr = frames.copy()   # the kernel only needs maps with peaks; the disks themselves do
+    thr = np.full(3, 0.1, np.float32)
+    prof, dprof = disk_profile(_disk_image((15, 15), [(7.0, 7.0)], 3.0, 0.0, rng), 7.0, 7.0, 3.0)
+    common = (2, 4.0, 4)
+    runs = []
+    for mode in (PARABOLIC, COM, EDGE):
+        want = np.zeros((3, 4, 3), np.float32)
+        counts = np.zeros(3, np.int32)
+        cand = np.zeros(3, np.int32)
+        disk_peaks_cpu(corr, frames, thr, *common, mode, 3.0, 0.7, prof, dprof, 0.1, want, counts, cand)
+        runs.append(np.concatenate([want.ravel(), counts, cand]))
+
+    def launch():
+        got = []
+        for mode in (PARABOLIC, COM, EDGE):
+            peaks = np.zeros((3, 4, 3), np.float32)
+            counts = np.zeros(3, np.int32)
+            cand = np.zeros(3, np.int32)
+            disk_peaks_gpu[2, 32](corr, frames, thr, *common, mode, 3.0, 0.7, prof, dprof, 0.1, peaks, counts, cand)
+            got.append(np.concatenate([peaks.ravel(), counts, cand]))
+        return np.concatenate(got).astype(np.float64)
+
+    return launch, np.concatenate(runs).astype(np.float64), 1e-5, 1e-5
+
+
+register(
+    "disk_peaks",
+    disk_peaks_gpu,
+    ["(float32[:, :, ::1], float32[:, :, ::1], float32[::1], int64, float64, int64, int64, float64,"
+     " float64, float64[::1], float64[::1], float64, float32[:, :, ::1], int32[::1], int32[::1])"],
+    _sim_case,
+)
