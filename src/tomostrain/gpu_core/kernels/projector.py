@@ -21,7 +21,11 @@ Both evaluate ``t`` and the weight with the same device functions in float32 and
 float32, so the pair is adjoint to float32 rounding. GPU: one thread per output element (voxel
 or detector bin), fastest index along x / detector columns so that neighbouring threads touch
 neighbouring memory; for steep angles the forward kernel reads a ``[y, x, z]`` copy of the
-volume for the same reason. CPU twins: ``prange`` over (slice, z) and (angle, slice) rows.
+volume for the same reason. CPU twins, both voxel driven with the same functions: per (angle,
+z row) one vectorised pass finds every voxel's first bin and its two weights
+(``_row_footprints``), used for ``ROWS`` slices at once; back projection is one task per (slice
+block, z row) gathering along x (bit-identical to the GPU kernel), forward projection one task
+per (slice block, angle) scattering into the detector rows it owns (equal to rounding).
 The per-angle constants come in one ``geometry_table`` ``(n_angles, 5)``.
 """
 from __future__ import annotations
@@ -37,6 +41,7 @@ from . import blocks_for, cupy_stream, register
 
 THREADS = 256
 MAX_BLOCKS = 65535 * 8
+ROWS = 4  # slices per pass of the CPU twins (independent accumulation chains, shared footprints)
 
 
 @register_jitable
@@ -51,6 +56,31 @@ def _weight(t, jf, half_a, inv_a):
     lo = max(t - half_a, jf - np.float32(0.5))
     hi = min(t + half_a, jf + np.float32(0.5))
     return max(hi - lo, np.float32(0.0)) * inv_a
+
+
+@register_jitable
+def _row_footprints(geo, k, zc, xs, j_max, j0, w0, w1):
+    """Footprints at angle ``k`` of the voxel row ``zc`` (centred x coordinates ``xs``): first bin
+    ``j0`` (uint32) of each and its weights ``w0``, ``w1`` in bins ``j0``, ``j0 + 1`` (CPU twins).
+
+    The footprint (``a <= 1``) starts in bin ``floor(t - a/2 + 1/2)``; clamping that to
+    ``[0, j_max]`` (``j_max = n_cols - 2``) keeps both bins on the detector, and ``_weight`` is the
+    exact overlap with any bin, so a footprint partly or wholly off the detector keeps weight 0
+    where it is absent. After the clamp at 0, truncation equals ``floor``; int32 keeps the loop
+    vectorised.
+    """
+    cs = geo[k, 0]
+    sn = geo[k, 1]
+    c = geo[k, 2]
+    half_a = geo[k, 3]
+    inv_a = geo[k, 4]
+    for ix in range(xs.size):
+        t = _column(c, cs, sn, xs[ix], zc)
+        j = min(max(np.int32(t - half_a + np.float32(0.5)), np.int32(0)), j_max)
+        jf = np.float32(j)
+        j0[ix] = np.uint32(j)
+        w0[ix] = _weight(t, jf, half_a, inv_a)
+        w1[ix] = _weight(t, jf + np.float32(1.0), half_a, inv_a)
 
 
 @register_jitable
@@ -130,14 +160,40 @@ def backproject_gpu(proj, geo, out):
 
 @numba.njit(parallel=True, cache=True)
 def backproject_cpu(proj, geo, out):
-    n_rows, nz, nx = out.shape
+    """CPU twin of ``backproject_gpu`` (``n_cols >= 2``), voxel driven: one task per z row of a
+    block of ``ROWS`` slices, angles outer, x inner, each footprint serving the whole block."""
+    n_angles, n_rows, n_cols = proj.shape
+    nz, nx = out.shape[1], out.shape[2]
     half = np.float32(0.5) * np.float32(nx - 1)
-    for r in numba.prange(n_rows * nz):
-        y = r // nz
+    xs = np.arange(nx).astype(np.float32) - half
+    j_max = np.int32(n_cols - 2)
+    one = np.uint32(1)
+    for r in numba.prange(-(-n_rows // ROWS) * nz):
+        y0 = (r // nz) * ROWS
+        y1 = min(y0 + ROWS, n_rows)
         iz = r % nz
         zc = np.float32(iz) - half
-        for ix in range(nx):
-            out[y, iz, ix] = _bp_voxel(proj, y, zc, np.float32(ix) - half, geo)
+        j0 = np.empty(nx, np.uint32)
+        w0 = np.empty(nx, np.float32)
+        w1 = np.empty(nx, np.float32)
+        rows = out[y0:y1, iz]
+        rows[:] = np.float32(0.0)
+        for k in range(n_angles):
+            _row_footprints(geo, k, zc, xs, j_max, j0, w0, w1)
+            p = proj[k, y0:y1]
+            if y1 - y0 == ROWS:  # one pass over x for all rows: independent chains, one footprint load
+                for ix in range(nx):
+                    j = j0[ix]
+                    a = w0[ix]
+                    b = w1[ix]
+                    for q in range(ROWS):
+                        rows[q, ix] += a * p[q, j]
+                        rows[q, ix] += b * p[q, j + one]
+            else:
+                for q in range(y1 - y0):
+                    for ix in range(nx):
+                        rows[q, ix] += w0[ix] * p[q, j0[ix]]
+                        rows[q, ix] += w1[ix] * p[q, j0[ix] + one]
 
 
 @cuda.jit
@@ -155,13 +211,40 @@ def forward_gpu(vol, vol_zx, geo, out):
 
 
 @numba.njit(parallel=True, cache=True)
-def forward_cpu(vol, vol_zx, geo, out):
+def forward_cpu(vol, geo, out):
+    """CPU twin of ``forward_gpu`` (``n_cols >= 2``): the transpose of ``backproject_cpu``, one task
+    per (block of ``ROWS`` slices, angle) scattering the voxel rows into the detector rows it owns."""
     n_angles, n_rows, n_cols = out.shape
-    for r in numba.prange(n_angles * n_rows):
-        k = r // n_rows
-        y = r % n_rows
-        for j in range(n_cols):
-            out[k, y, j] = _fp_bin(vol, vol_zx, y, j, geo, k)
+    nz, nx = vol.shape[1], vol.shape[2]
+    half = np.float32(0.5) * np.float32(nx - 1)
+    xs = np.arange(nx).astype(np.float32) - half
+    j_max = np.int32(n_cols - 2)
+    one = np.uint32(1)
+    for r in numba.prange(-(-n_rows // ROWS) * n_angles):
+        y0 = (r // n_angles) * ROWS
+        y1 = min(y0 + ROWS, n_rows)
+        k = r % n_angles
+        j0 = np.empty(nx, np.uint32)
+        w0 = np.empty(nx, np.float32)
+        w1 = np.empty(nx, np.float32)
+        rows = out[k, y0:y1]
+        rows[:] = np.float32(0.0)
+        for iz in range(nz):
+            _row_footprints(geo, k, np.float32(iz) - half, xs, j_max, j0, w0, w1)
+            v = vol[y0:y1, iz]
+            if y1 - y0 == ROWS:
+                for ix in range(nx):
+                    j = j0[ix]
+                    a = w0[ix]
+                    b = w1[ix]
+                    for q in range(ROWS):
+                        rows[q, j] += a * v[q, ix]
+                        rows[q, j + one] += b * v[q, ix]
+            else:
+                for q in range(y1 - y0):
+                    for ix in range(nx):
+                        rows[q, j0[ix]] += w0[ix] * v[q, ix]
+                        rows[q, j0[ix] + one] += w1[ix] * v[q, ix]
 
 
 def geometry_table(cos, sin, centres):
@@ -183,18 +266,17 @@ def forward(volume, geo, n_cols: int):
     volume (n_rows, n, n) float32 C-contiguous ``[y, z, x]``; geo the ``geometry_table`` on the
     same device. Returns (n_angles, n_rows, n_cols) float32.
     """
-    is_gpu = hasattr(volume, "__cuda_array_interface__")
-    if is_gpu:
-        import cupy as xp
-    else:
-        xp = np
-    out = xp.empty((geo.shape[0], volume.shape[0], n_cols), xp.float32)
-    steep = bool((xp.abs(geo[:, 1]) > xp.abs(geo[:, 0])).any())
-    vol_zx = xp.ascontiguousarray(volume.transpose(0, 2, 1)) if steep else volume
-    if is_gpu:
-        forward_gpu[_launch_blocks(out.size), THREADS, cupy_stream()](volume, vol_zx, geo, out)
-    else:
-        forward_cpu(volume, vol_zx, geo, out)
+    if not hasattr(volume, "__cuda_array_interface__"):
+        # bins are absolute columns: a one-column detector is column 0 of a two-column one
+        out = np.empty((geo.shape[0], volume.shape[0], max(n_cols, 2)), np.float32)
+        forward_cpu(volume, geo, out)
+        return out if n_cols >= 2 else np.ascontiguousarray(out[:, :, :n_cols])
+    import cupy as cp
+
+    out = cp.empty((geo.shape[0], volume.shape[0], n_cols), cp.float32)
+    steep = bool((cp.abs(geo[:, 1]) > cp.abs(geo[:, 0])).any())
+    vol_zx = cp.ascontiguousarray(volume.transpose(0, 2, 1)) if steep else volume
+    forward_gpu[_launch_blocks(out.size), THREADS, cupy_stream()](volume, vol_zx, geo, out)
     return out
 
 
@@ -204,16 +286,16 @@ def back(projections, geo, n_x: int):
     projections (n_angles, n_rows, n_cols) float32 C-contiguous; geo the ``geometry_table`` on
     the same device. Returns (n_rows, n_x, n_x) float32 ``[y, z, x]``.
     """
-    is_gpu = hasattr(projections, "__cuda_array_interface__")
-    if is_gpu:
-        import cupy as xp
-    else:
-        xp = np
-    out = xp.empty((projections.shape[1], n_x, n_x), xp.float32)
-    if is_gpu:
-        backproject_gpu[_launch_blocks(out.size), THREADS, cupy_stream()](projections, geo, out)
-    else:
+    if not hasattr(projections, "__cuda_array_interface__"):
+        if projections.shape[2] < 2:  # an empty second column changes nothing (see ``forward``)
+            projections = np.pad(projections, ((0, 0), (0, 0), (0, 1)))
+        out = np.empty((projections.shape[1], n_x, n_x), np.float32)
         backproject_cpu(projections, geo, out)
+        return out
+    import cupy as cp
+
+    out = cp.empty((projections.shape[1], n_x, n_x), cp.float32)
+    backproject_gpu[_launch_blocks(out.size), THREADS, cupy_stream()](projections, geo, out)
     return out
 
 
@@ -224,29 +306,29 @@ def _table(rng, n_angles, n_cols):
 
 
 def _sim_forward(rng):
-    vol = rng.random((3, 7, 7), dtype=np.float32)
+    vol = rng.random((ROWS + 1, 7, 7), dtype=np.float32)  # a full block of slices and a remainder
     vol_zx = np.ascontiguousarray(vol.transpose(0, 2, 1))
     geo = _table(rng, 5, 9)
-    want = np.empty((5, 3, 9), np.float32)
-    forward_cpu(vol, vol_zx, geo, want)
+    want = np.empty((5, ROWS + 1, 9), np.float32)
+    forward_cpu(vol, geo, want)
 
     def launch():
         got = np.zeros_like(want)
-        forward_gpu[2, 32](vol, vol_zx, geo, got)  # 64 threads for 135 bins
+        forward_gpu[2, 32](vol, vol_zx, geo, got)  # 64 threads for 225 bins
         return got
 
     return launch, want, 1e-5, 1e-5
 
 
 def _sim_back(rng):
-    proj = rng.random((5, 3, 9), dtype=np.float32)
+    proj = rng.random((5, ROWS + 1, 9), dtype=np.float32)
     geo = _table(rng, 5, 9)
-    want = np.empty((3, 7, 7), np.float32)
+    want = np.empty((ROWS + 1, 7, 7), np.float32)
     backproject_cpu(proj, geo, want)
 
     def launch():
         got = np.zeros_like(want)
-        backproject_gpu[3, 32](proj, geo, got)  # 96 threads for 147 voxels
+        backproject_gpu[3, 32](proj, geo, got)  # 96 threads for 245 voxels
         return got
 
     return launch, want, 1e-5, 1e-5
