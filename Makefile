@@ -9,6 +9,8 @@ TEST_STAMP := $(VENV)/.stamp-test
 BENCH_STAMP := $(VENV)/.stamp-bench
 PYTEST_ARGS ?=
 DEMO_DIR ?= demo_out
+# Numba's OpenMP threads spin while waiting; on a shared 2-core machine that stalls whole runs.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test test-gpu bench clean
 
