@@ -28,19 +28,8 @@ import numpy as np
 from benchmarks._common import machine, timeit, version_of, write_json
 from tomostrain.gpu_core import backend as _backend
 from tomostrain.reconstruction.fbp import fbp, gridrec
+from tomostrain.synthetic import SHEPP_LOGAN, ellipse_image, ellipse_sinogram
 
-SHEPP_LOGAN = np.array([
-    [1.0, 0.6900, 0.9200, 0.00, 0.0000, 0.0],
-    [-0.8, 0.6624, 0.8740, 0.00, -0.0184, 0.0],
-    [-0.2, 0.1100, 0.3100, 0.22, 0.0000, -18.0],
-    [-0.2, 0.1600, 0.4100, -0.22, 0.0000, 18.0],
-    [0.1, 0.2100, 0.2500, 0.00, 0.3500, 0.0],
-    [0.1, 0.0460, 0.0460, 0.00, 0.1000, 0.0],
-    [0.1, 0.0460, 0.0460, 0.00, -0.1000, 0.0],
-    [0.1, 0.0460, 0.0230, -0.08, -0.6050, 0.0],
-    [0.1, 0.0230, 0.0230, 0.00, -0.6060, 0.0],
-    [0.1, 0.0230, 0.0460, 0.06, -0.6050, 0.0],
-])
 VARIANTS = 4           # distinct phantom slices, tiled over the stack
 SIRT_ITERATIONS = 5
 
@@ -55,41 +44,11 @@ def _ellipses(n: int, variant: int) -> np.ndarray:
     return e
 
 
-def _sinogram(ellipses, angles_deg, n_cols) -> np.ndarray:
-    th = np.radians(angles_deg)[:, None]
-    u = np.arange(n_cols)[None, :] - (n_cols - 1) / 2
-    out = np.zeros((th.shape[0], n_cols))
-    for rho, a, b, x0, z0, phi in ellipses:
-        alpha = th - np.radians(phi)
-        r = np.sqrt((a * np.cos(alpha)) ** 2 + (b * np.sin(alpha)) ** 2)
-        s = u - (x0 * np.cos(th) + z0 * np.sin(th))
-
-        def area(t):
-            t = np.clip(t, -r, r)
-            return 0.5 * (t * np.sqrt(r * r - t * t) + r * r * np.arcsin(t / r))
-
-        out += rho * 2 * a * b / r**2 * (area(s + 0.5) - area(s - 0.5))
-    return out
-
-
-def _image(ellipses, n, supersample=2) -> np.ndarray:
-    sub = (np.arange(supersample) + 0.5) / supersample - 0.5
-    coord = (np.arange(n)[:, None] + sub[None, :]).ravel() - (n - 1) / 2
-    z, x = coord[:, None], coord[None, :]
-    img = np.zeros((n * supersample, n * supersample), np.float32)
-    for rho, a, b, x0, z0, phi in ellipses:
-        cp, sp = np.cos(np.radians(phi)), np.sin(np.radians(phi))
-        xr = (x - x0) * cp + (z - z0) * sp
-        zr = -(x - x0) * sp + (z - z0) * cp
-        img += np.float32(rho) * ((xr / a) ** 2 + (zr / b) ** 2 <= 1.0)
-    return img.reshape(n, supersample, n, supersample).mean(axis=(1, 3))
-
-
 def make_case(n: int, angles_deg, n_slices: int):
     """(phantom (n_slices, n, n), series (n_angles, n_slices, n)) float32 on the host."""
     variants = [_ellipses(n, v) for v in range(VARIANTS)]
-    sinos = [_sinogram(e, angles_deg, n).astype(np.float32) for e in variants]
-    images = [_image(e, n) for e in variants]
+    sinos = [ellipse_sinogram(e, angles_deg, n).astype(np.float32) for e in variants]
+    images = [ellipse_image(e, n, supersample=2).astype(np.float32) for e in variants]
     pick = [s % VARIANTS for s in range(n_slices)]
     return np.stack([images[k] for k in pick]), np.stack([sinos[k] for k in pick], axis=1)
 

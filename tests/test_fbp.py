@@ -12,63 +12,16 @@ import numpy as np
 import pytest
 
 from tomostrain.errors import GeometryError, InputError
+from tomostrain.synthetic import SHEPP_LOGAN, ellipse_image, ellipse_sinogram
 from tomostrain.reconstruction.fbp import FILTERS, angular_weights, fbp, gridrec, padded_length, ramp_filter
 
 METHODS = {"fbp": fbp, "gridrec": gridrec}
-
-# Modified Shepp-Logan (Toft): density, semi-axes (a, b), centre (x0, z0), angle (deg); unit radius
-SHEPP_LOGAN = np.array([
-    [1.0, 0.6900, 0.9200, 0.00, 0.0000, 0.0],
-    [-0.8, 0.6624, 0.8740, 0.00, -0.0184, 0.0],
-    [-0.2, 0.1100, 0.3100, 0.22, 0.0000, -18.0],
-    [-0.2, 0.1600, 0.4100, -0.22, 0.0000, 18.0],
-    [0.1, 0.2100, 0.2500, 0.00, 0.3500, 0.0],
-    [0.1, 0.0460, 0.0460, 0.00, 0.1000, 0.0],
-    [0.1, 0.0460, 0.0460, 0.00, -0.1000, 0.0],
-    [0.1, 0.0460, 0.0230, -0.08, -0.6050, 0.0],
-    [0.1, 0.0230, 0.0230, 0.00, -0.6060, 0.0],
-    [0.1, 0.0230, 0.0460, 0.06, -0.6050, 0.0],
-])
-
 
 def scaled(ellipses, radius):
     """Ellipses in voxel units: lengths and centres times ``radius``."""
     e = np.array(ellipses, dtype=np.float64)
     e[:, 1:5] *= radius
     return e
-
-
-def ellipse_sinogram(ellipses, angles_deg, n_cols, center=None):
-    """(n_angles, n_cols) exact line integrals, averaged over each detector pixel."""
-    c = (n_cols - 1) / 2 if center is None else center
-    th = np.radians(np.asarray(angles_deg, dtype=np.float64))[:, None]
-    u = np.arange(n_cols)[None, :] - c
-    out = np.zeros((th.shape[0], n_cols))
-    for rho, a, b, x0, z0, phi in ellipses:
-        alpha = th - np.radians(phi)
-        r = np.sqrt((a * np.cos(alpha)) ** 2 + (b * np.sin(alpha)) ** 2)
-        s = u - (x0 * np.cos(th) + z0 * np.sin(th))
-
-        def area(t):  # integral of sqrt(r^2 - t^2) from -r to t
-            t = np.clip(t, -r, r)
-            return 0.5 * (t * np.sqrt(r * r - t * t) + r * r * np.arcsin(t / r))
-
-        out += rho * 2 * a * b / r**2 * (area(s + 0.5) - area(s - 0.5))
-    return out
-
-
-def ellipse_image(ellipses, n, supersample=4):
-    """(n, n) image ``[z, x]`` of the ellipses, each pixel the mean of supersample^2 samples."""
-    sub = (np.arange(supersample) + 0.5) / supersample - 0.5
-    coord = (np.arange(n)[:, None] + sub[None, :]).ravel() - (n - 1) / 2
-    z, x = coord[:, None], coord[None, :]
-    img = np.zeros((n * supersample, n * supersample))
-    for rho, a, b, x0, z0, phi in ellipses:
-        cp, sp = np.cos(np.radians(phi)), np.sin(np.radians(phi))
-        xr = (x - x0) * cp + (z - z0) * sp
-        zr = -(x - x0) * sp + (z - z0) * cp
-        img += rho * ((xr / a) ** 2 + (zr / b) ** 2 <= 1.0)
-    return img.reshape(n, supersample, n, supersample).mean(axis=(1, 3))
 
 
 def stack_case(slices, angles_deg, n, center=None):

@@ -1,6 +1,7 @@
 """Phantoms and simulators with known ground truth, used by the demo, tests and benchmarks."""
 from .nanobeam import nanobeam_4dstem
-from .phantoms import ParticleTruth, shepp_logan, sodiated_particle
+from .phantoms import SHEPP_LOGAN, ParticleTruth, ellipse_image, ellipse_sinogram, shepp_logan, sodiated_particle
 from .tiltseries import tilt_series
 
-__all__ = ["ParticleTruth", "nanobeam_4dstem", "shepp_logan", "sodiated_particle", "tilt_series"]
+__all__ = ["SHEPP_LOGAN", "ParticleTruth", "ellipse_image", "ellipse_sinogram", "nanobeam_4dstem", "shepp_logan",
+           "sodiated_particle", "tilt_series"]

@@ -13,8 +13,9 @@ from scipy import ndimage
 
 from ..errors import InputError
 
-# Modified Shepp-Logan (Toft 1996): intensity, semi-axes (a, b), centre (x0, y0), angle (deg).
-_SHEPP_LOGAN = np.array(
+# Modified Shepp-Logan (Toft 1996): intensity, semi-axes (a, b), centre (x0, y0), angle (deg);
+# unit radius. In ellipse_image/ellipse_sinogram the centre reads (x0, z0) in voxels after scaling.
+SHEPP_LOGAN = np.array(
     [
         [1.0, 0.6900, 0.9200, 0.00, 0.0000, 0.0],
         [-0.8, 0.6624, 0.8740, 0.00, -0.0184, 0.0],
@@ -46,12 +47,51 @@ def shepp_logan(n: int) -> np.ndarray:
     x = c[None, :]
     y = -c[:, None]  # row 0 is the top of the image (y = +1)
     img = np.zeros((n, n), np.float64)
-    for amp, a, b, x0, y0, phi in _SHEPP_LOGAN:
+    for amp, a, b, x0, y0, phi in SHEPP_LOGAN:
         cp, sp = np.cos(np.radians(phi)), np.sin(np.radians(phi))
         xr = (x - x0) * cp + (y - y0) * sp
         yr = -(x - x0) * sp + (y - y0) * cp
         img += amp * ((xr / a) ** 2 + (yr / b) ** 2 <= 1.0)
     return np.clip(img, 0.0, 1.0).astype(np.float32)
+
+
+def ellipse_image(ellipses, n: int, supersample: int = 4) -> np.ndarray:
+    """(n, n) float64 image ``[z, x]`` of ellipses given in voxels about the image centre.
+
+    ``ellipses`` rows: density, semi-axes (a, b), centre (x0, z0), angle (deg, from +x towards
+    +z). Each pixel is the mean of ``supersample**2`` samples.
+    """
+    sub = (np.arange(supersample) + 0.5) / supersample - 0.5
+    coord = (np.arange(n)[:, None] + sub[None, :]).ravel() - (n - 1) / 2
+    z, x = coord[:, None], coord[None, :]
+    img = np.zeros((n * supersample, n * supersample))
+    for rho, a, b, x0, z0, phi in ellipses:
+        cp, sp = np.cos(np.radians(phi)), np.sin(np.radians(phi))
+        xr = (x - x0) * cp + (z - z0) * sp
+        zr = -(x - x0) * sp + (z - z0) * cp
+        img += rho * ((xr / a) ** 2 + (zr / b) ** 2 <= 1.0)
+    return img.reshape(n, supersample, n, supersample).mean(axis=(1, 3))
+
+
+def ellipse_sinogram(ellipses, angles_deg, n_cols: int, center=None) -> np.ndarray:
+    """(n_angles, n_cols) float64 exact line integrals of ``ellipse_image``'s ellipses, each
+    averaged over its detector pixel, in the projection geometry of DESIGN.md §3
+    (``u = x cos(theta) + z sin(theta)``, ``center`` default ``(n_cols - 1) / 2``)."""
+    c = (n_cols - 1) / 2 if center is None else center
+    th = np.radians(np.asarray(angles_deg, dtype=np.float64))[:, None]
+    u = np.arange(n_cols)[None, :] - c
+    out = np.zeros((th.shape[0], n_cols))
+    for rho, a, b, x0, z0, phi in ellipses:
+        alpha = th - np.radians(phi)
+        r = np.sqrt((a * np.cos(alpha)) ** 2 + (b * np.sin(alpha)) ** 2)
+        s = u - (x0 * np.cos(th) + z0 * np.sin(th))
+
+        def area(t):  # integral of sqrt(r^2 - t^2) from -r to t
+            t = np.clip(t, -r, r)
+            return 0.5 * (t * np.sqrt(r * r - t * t) + r * r * np.arcsin(t / r))
+
+        out += rho * 2 * a * b / r**2 * (area(s + 0.5) - area(s - 0.5))
+    return out
 
 
 @dataclass
