@@ -146,3 +146,14 @@ def test_stem_reference_outside_scan_is_a_clear_error(scan_file, tmp_path, capsy
     path, _ = scan_file
     assert cli.main(["stem", str(path), "-o", str(tmp_path / "x.h5"), "--reference", "30:50,0:10"]) == 2
     assert "outside the 40x40 scan" in capsys.readouterr().err
+
+
+def test_bench_hands_its_options_to_the_suite_runner(monkeypatch, tmp_path, capsys):
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert cli.main(["bench", "--only", "nosuch"]) == 2
+    assert "have disks, projector, tomo, virtual" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)                                  # not a checkout: one clear line
+    assert cli.main(["bench", "--quick"]) == 2
+    assert "source checkout" in capsys.readouterr().err

@@ -69,15 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a TOML job file (the batch form of tomo and stem)")
     r.add_argument("job", type=Path)
 
-    b = sub.add_parser("bench", help="benchmark suites side by side with peers (source checkout)")
-    b.add_argument("args", nargs=argparse.REMAINDER, help="passed to benchmarks.run (--quick, --backend, --only, --out)")
+    sub.add_parser("bench", add_help=False,
+                   help="benchmark suites side by side with peers, from a source checkout "
+                        "(options of benchmarks.run: --quick, --backend, --only, --out; bench --help)")
     return p
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    command = " ".join(["tomostrain", *(sys.argv[1:] if argv is None else argv)])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
+    args = build_parser().parse_args(argv)
+    command = " ".join(["tomostrain", *argv])
     try:
         return _dispatch(args, command)
     except TomostrainError as exc:
@@ -116,14 +119,18 @@ def _dispatch(args, command: str) -> int:
     if args.command == "run":
         pipeline.run_job(args.job, command=command)
         return 0
-    if args.command == "bench":
-        try:
-            from benchmarks.run import main as bench_main
-        except ImportError:
-            print("tomostrain: error: the benchmarks/ folder is not importable; run from a source checkout", file=sys.stderr)
-            return 2
-        return bench_main(args.args)
     raise AssertionError(args.command)
+
+
+def _bench(argv: list[str]) -> int:
+    """``tomostrain bench ...`` = ``python -m benchmarks.run ...`` in a source checkout."""
+    if not (Path.cwd() / "benchmarks" / "run.py").is_file():
+        print("tomostrain: error: run 'tomostrain bench' from a source checkout (needs benchmarks/)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(Path.cwd()))
+    from benchmarks.run import main as bench_main
+
+    return bench_main(argv)
 
 
 if __name__ == "__main__":
