@@ -6,6 +6,7 @@ so it runs inline, on threads or on a Dask cluster.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 from ..errors import InputError
@@ -45,8 +46,9 @@ def run_chunked(
 ):
     """Run ``process(slice)`` over a chunk plan and ``merge`` the per-chunk results.
 
-    A GPU out-of-memory error (CuPy's ``OutOfMemoryError``) halves the chunk size and retries the
-    failed chunk, up to ``on_oom_retry`` times (DESIGN.md §5), instead of failing the job.
+    A GPU out-of-memory error (CuPy's ``OutOfMemoryError``, or a cuFFT/cuBLAS workspace that
+    cannot be allocated) halves the chunk size and retries the failed chunk, up to
+    ``on_oom_retry`` times (DESIGN.md §5), instead of failing the job.
     """
     size = chunk_size(bytes_per_item, budget_bytes, n_items, minimum)
     results = []
@@ -68,13 +70,22 @@ def run_chunked(
 
 
 def _is_oom(exc: BaseException) -> bool:
-    return type(exc).__name__ in ("OutOfMemoryError", "CUDARuntimeError") and "memory" in str(exc).lower()
+    """CuPy's OutOfMemoryError, a CUDA runtime out-of-memory error, or a CUDA library's workspace
+    allocation failure (cuFFT plans: ``CuFFTError: CUFFT_ALLOC_FAILED``; cuBLAS, cuSOLVER alike)."""
+    name, text = type(exc).__name__, str(exc).upper()
+    if name == "OutOfMemoryError":
+        return True
+    if name == "CUDARuntimeError":
+        return "MEMORY" in text
+    return isinstance(exc, RuntimeError) and "ALLOC_FAILED" in text
 
 
 def _free_gpu_pool() -> None:
     try:
         import cupy
-
-        cupy.get_default_memory_pool().free_all_blocks()
     except Exception:  # noqa: BLE001 - nothing to free without CuPy
-        pass
+        return
+    with contextlib.suppress(Exception):
+        cupy.fft.config.get_plan_cache().clear()  # cached cuFFT plans hold work areas
+    with contextlib.suppress(Exception):
+        cupy.get_default_memory_pool().free_all_blocks()

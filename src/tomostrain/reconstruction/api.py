@@ -118,7 +118,15 @@ def _solver(method, geo, n_x, options):
     from .iterative import cgls, os_sart, sirt, tv
 
     func = {"sirt": sirt, "cgls": cgls, "os_sart": os_sart, "tv": tv, "dart": dart}[method]
-    return lambda chunk, sl: func(chunk, geometry=_chunk_geometry(geo, sl), n_x=n_x, **options)
+    support = options.get("support")
+
+    def run(chunk, sl):
+        opts = options
+        if support is not None and getattr(support, "ndim", 2) == 3:  # a per-slice support: the chunk's slices
+            opts = {**options, "support": support[sl]}
+        return func(chunk, geometry=_chunk_geometry(geo, sl), n_x=n_x, **opts)
+
+    return run
 
 
 def _global_defaults(method, data, geo, n_x, options, where):

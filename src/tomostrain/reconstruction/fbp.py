@@ -10,9 +10,10 @@ Both methods share one discretisation: the projections are zero-padded to ``L`` 
 two >= 2 n_cols), filtered with the DFT of the spatial-domain ramp kernel of Kak & Slaney
 (``h[0] = 1/4``, ``h[n] = -1/(pi n)^2`` for odd n, 0 for even n; no DC bias) times an apodisation
 window, and weighted per projection by its angular sector (``angular_weights``). ``fbp`` then
-backprojects with ``projectors.backproject`` (linear interpolation); ``gridrec`` evaluates the same
-filtered Fourier samples on their polar grid with a type-1 non-uniform FFT (Fourier slice
-theorem), which is exact band-limited interpolation and O(N^2 log N) per slice.
+backprojects with ``projectors.backproject`` (distance-driven weights, DESIGN.md §3);
+``gridrec`` evaluates the same filtered Fourier samples on their polar grid with a type-1
+non-uniform FFT (Fourier slice theorem), which is exact band-limited interpolation and
+O(N^2 log N) per slice.
 """
 from __future__ import annotations
 

@@ -98,6 +98,8 @@ def prepare(projections, angles_deg, center, shifts, geometry, n_x, x0, support)
         data = align_projections(data, geometry.shifts, geometry.tilt_axis_deg)
         geometry = geometry.aligned()
     n_x = n_cols if n_x is None else int(n_x)
+    if n_x < 1:
+        raise InputError(f"n_x must be a positive number of voxels, got {n_x}")
     shape = (n_rows, n_x, n_x)
     if x0 is None:
         x = xp.zeros(shape, xp.float32)
@@ -167,12 +169,13 @@ def os_sart(projections, angles_deg=None, center=None, shifts=None, *, geometry=
         index = np.sort(order[s::n_subsets])
         sub = op.subset(index)
         col = sub.column_weights() * np.float32(relaxation)
-        subsets.append((index, sub, sub.row_weights(), col if mask is None else col * mask))
+        subsets.append((op.xp.asarray(index), sub, sub.row_weights(), col if mask is None else col * mask))
     for it in range(int(iterations)):
         total = 0.0
         for index, sub, row, col in subsets:
             r = b[index] - sub.forward(x)
-            total += float(op.xp.sum(r.astype(op.xp.float64) ** 2))
+            if callback is not None:  # a host sync per subset on the GPU: only when asked for
+                total += float(op.xp.sum(r.astype(op.xp.float64) ** 2))
             x += col * sub.back(row * r)
             x = _constrain(x, nonnegative, None)
         if callback is not None:

@@ -11,7 +11,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import InputError
-from ..gpu_core import chunks
+from ..gpu_core import backend, chunks
 
 
 @dataclass
@@ -58,9 +58,9 @@ class DataCube:
     def rows(self, start: int, stop: int, xp=np) -> "np.ndarray":
         """Scan rows ``start:stop`` as a float32 array on ``xp`` (numpy or cupy)."""
         block = self.data[start:stop]
-        if hasattr(block, "__cuda_array_interface__") or xp is not np:
-            return xp.asarray(block, dtype=xp.float32)
-        return np.asarray(block, dtype=np.float32)
+        if xp is np:  # a CuPy cube read on the CPU comes to the host (np.asarray refuses CuPy)
+            return np.asarray(backend.to_host(block), dtype=np.float32)
+        return xp.asarray(block, dtype=xp.float32)
 
     def iter_rows(self, budget_bytes: int, xp=np) -> Iterator[tuple[slice, "np.ndarray"]]:
         """Yield ``(row_slice, float32 chunk)`` over the scan, each chunk within ``budget_bytes``.

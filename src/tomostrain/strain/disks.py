@@ -181,7 +181,8 @@ def find_bragg_disks(
     max_rows = max(1, _MAX_CHUNK_PATTERNS // sx)
 
     def process(rows: slice):
-        block = xp.asarray(data[rows], dtype=xp.float32)
+        block = data[rows]
+        block = xp.asarray(_backend.to_host(block) if xp is np else block, dtype=xp.float32)
         frames = xp.ascontiguousarray(block.reshape(-1, ky, kx))
         if not bool(xp.isfinite(frames).all()):
             raise InputError(f"the scan contains NaN or Inf in scan rows {rows.start}:{rows.stop}")

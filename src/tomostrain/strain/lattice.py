@@ -96,6 +96,8 @@ def fit_lattice(
     Indexing runs twice: with the guesses, then with each position's own first fit, so strain and
     rotation larger than ``tol`` over the highest order are followed.
     """
+    if not isinstance(peaks, BraggPeaks):
+        raise InputError(f"peaks must be the BraggPeaks of find_bragg_disks, got {type(peaks).__name__}")
     xp = _backend.xp_of(peaks.qy)
     if min_peaks < 3:
         raise InputError(f"min_peaks must be >= 3 (three unknowns per axis), got {min_peaks}")

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..gpu_core import backend as _backend
-from .virtual import array_module, as_cube, total_intensity
+from .virtual import _origin_field, array_module, as_cube, total_intensity
 
 STRUCTURES = ("sc", "bcc", "fcc", "rocksalt", "antifluorite")
 
@@ -91,7 +91,7 @@ def radial_profiles(cube, origin, ellipse=None, *, r_min: float, r_max: float, b
     sy, sx = cube.scan_shape
     ky, kx = cube.detector_shape
     nbins = int(math.ceil(r_max - r_min))
-    o = xp.broadcast_to(xp.asarray(origin, dtype=xp.float64), (sy, sx, 2))
+    o = _origin_field(origin, (sy, sx), xp)
     iy, ix = xp.indices((ky, kx), dtype=xp.float32)
     out = xp.empty((sy, sx, nbins), xp.float64)
     for sl, chunk in cube.iter_rows(_backend.memory_budget("cpu" if xp is np else "gpu") // 4, xp):
@@ -135,7 +135,7 @@ def phase_map(
     vacuum_threshold : largest share of a pattern's intensity outside the central disk for vacuum
     """
     table = resolve_phases(phases)
-    if not q_pixel_size > 0:
+    if q_pixel_size is None or not q_pixel_size > 0:
         raise InputError(f"q_pixel_size must be positive (1/Å per pixel), got {q_pixel_size}")
     if hasattr(cube, "offsets") and hasattr(cube, "qy"):
         prof, scattered, radius, r_min, r_max, scan_shape, xp = _from_peaks(cube, origin, ellipse, disk_radius)
@@ -200,7 +200,7 @@ def _from_peaks(peaks, origin, ellipse, disk_radius):
     xp = _backend.xp_of(peaks.qy)
     sy, sx = peaks.scan_shape
     radius = float(disk_radius)
-    o = xp.broadcast_to(xp.asarray(origin, dtype=xp.float64), (sy, sx, 2)).reshape(-1, 2)
+    o = _origin_field(origin, (sy, sx), xp).reshape(-1, 2)
     pos = peaks.positions()
     dy, dx = peaks.qy - o[pos, 0], peaks.qx - o[pos, 1]
     if ellipse is not None:
