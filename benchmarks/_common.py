@@ -30,6 +30,27 @@ def machine(which: str = "cpu") -> dict:
     return info
 
 
+TILE = 64  # scans larger than this tile a TILE x TILE simulation (same per-pattern work, bounded memory)
+
+
+def tiled_nanobeam(scan, det: int, seed: int = 0, **kw):
+    """Synthetic nano-beam scan ``scan`` = (sy, sx) of det x det patterns, and its truth.
+
+    Scans beyond ``TILE`` positions per side repeat a TILE x TILE simulation, so a 128 x 128 x
+    256^2 cube costs one 64 x 64 simulation and 4.3 GB of float32, not a full simulation's memory.
+    The particle sits at the centre of each tile.
+    """
+    from tomostrain.synthetic import nanobeam_4dstem
+
+    base = tuple(min(s, TILE) for s in scan)
+    data, truth = nanobeam_4dstem(base, (det, det), seed=seed, **kw)
+    reps = (-(-scan[0] // base[0]), -(-scan[1] // base[1]))
+    if reps != (1, 1):
+        data = np.tile(data, reps + (1, 1))[: scan[0], : scan[1]]
+        truth = {**truth, "labels": np.tile(truth["labels"], reps)[: scan[0], : scan[1]]}
+    return data, truth
+
+
 def version_of(module: str) -> str | None:
     """The module's version string, or None when it does not import."""
     try:

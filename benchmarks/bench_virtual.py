@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import machine, timeit, write_json
+from benchmarks._common import machine, tiled_nanobeam, timeit, write_json
 from tomostrain.gpu_core import backend as _backend
 from tomostrain.strain.virtual import center_of_mass, virtual_adf
-from tomostrain.synthetic.nanobeam import nanobeam_4dstem
 
 FULL = ((64, 128), (64, 256), (128, 128), (128, 256))
 QUICK = ((16, 64),)
@@ -40,7 +39,7 @@ def _libertem(data, cy, cx, ri, ro, repeat):
 
 
 def _case(scan: int, det: int, where: str, repeat: int) -> dict:
-    data, _ = nanobeam_4dstem((scan, scan), (det, det), seed=1)
+    data, _ = tiled_nanobeam((scan, scan), det, seed=1)
     frames = scan * scan
     cy = cx = det // 2
     ri, ro = 0.2 * det + 0.5, 0.45 * det + 0.5
