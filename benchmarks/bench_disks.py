@@ -50,10 +50,12 @@ def _reference(sy: int, sx: int) -> tuple[slice, slice]:
 
 
 def _middle_rows(data, n):
-    """The ``n`` positions (whole scan rows, at least one) across the middle of the scan."""
+    """The ``n`` positions (whole scan rows, at least one) across the middle of the first
+    simulation tile, i.e. through the particle."""
     sy, sx = data.shape[:2]
     rows = max(1, n // sx)
-    return data[sy // 2 - rows // 2: sy // 2 - rows // 2 + rows]
+    cy = min(sy, TILE) // 2
+    return data[cy - rows // 2: cy - rows // 2 + rows]
 
 
 def _py4dstem_rate(data, probe, n):

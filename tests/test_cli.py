@@ -157,3 +157,23 @@ def test_bench_hands_its_options_to_the_suite_runner(monkeypatch, tmp_path, caps
     monkeypatch.chdir(tmp_path)                                  # not a checkout: one clear line
     assert cli.main(["bench", "--quick"]) == 2
     assert "source checkout" in capsys.readouterr().err
+
+
+def test_malformed_options_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["stem", "x.raw", "-o", "y.h5", "--shape", "a,b"])
+    assert exc.value.code == 2 and "4 positive integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["stem", "x.h5", "-o", "y.h5", "--reference", "1:2"])
+    assert exc.value.code == 2 and "y0:y1,x0:x1" in capsys.readouterr().err
+
+
+def test_job_file_reference_and_phases_are_checked(scan_file, tmp_path):
+    path, _ = scan_file
+    job = tmp_path / "job.toml"
+    job.write_text(f'[job]\noutput = "r.h5"\n[stem]\ninput = "{path}"\nreference = [0, 8, 0]\n')
+    with pytest.raises(Exception, match=r"reference must be \(y0, y1, x0, x1\)"):
+        pipeline.run_job(job)
+    job.write_text(f'[job]\noutput = "r.h5"\n[stem]\ninput = "{path}"\nphases = "NiO,Unobtainium"\n')
+    with pytest.raises(Exception, match="Unobtainium"):
+        pipeline.run_job(job)

@@ -23,6 +23,17 @@ def _region(text: str) -> tuple[int, int, int, int]:
     return y0, y1, x0, x1
 
 
+def _shape(text: str) -> tuple[int, int, int, int]:
+    """'sy,sx,ky,kx' -> a 4-tuple of positive ints."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected scan_y,scan_x,ky,kx (4 positive integers), got {text!r}")
+    return shape
+
+
 def _probe(text: str):
     """A region 'y0:y1,x0:x1' or the path of a probe image."""
     return _region(text) if ":" in text and "," in text and not Path(text).exists() else Path(text)
@@ -62,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--q-pixel-size", type=float, default=None, help="diffraction pixel size (1/Å); default from the file")
     s.add_argument("--energy-kev", type=float, default=None, help="beam energy (keV); default from the file")
     s.add_argument("--convergence-mrad", type=float, default=None, help="probe semi-angle (mrad); default from the file")
-    s.add_argument("--shape", default=None, help="raw files: scan_y,scan_x,ky,kx")
+    s.add_argument("--shape", type=_shape, default=None, help="raw files: scan_y,scan_x,ky,kx")
     s.add_argument("--dtype", default=None, help="raw files: numpy dtype, e.g. uint16")
     s.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
 
@@ -109,11 +120,10 @@ def _dispatch(args, command: str) -> int:
         )
         return 0
     if args.command == "stem":
-        shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else None
         pipeline.stem(
             args.input, args.output, phases=args.phases.split(","), reference=args.reference, probe=args.probe,
             q_pixel_size=args.q_pixel_size, energy_kev=args.energy_kev, convergence_mrad=args.convergence_mrad,
-            shape=shape, dtype=args.dtype, backend=args.backend, command=command,
+            shape=args.shape, dtype=args.dtype, backend=args.backend, command=command,
         )
         return 0
     if args.command == "run":

@@ -198,6 +198,10 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
     from .strain.strainmap import strain_map
     from .strain.virtual import virtual_adf, virtual_bf
 
+    if isinstance(phases, str):  # "NiO,Ni,Na2O" from a job file
+        phases = [p.strip() for p in phases.split(",") if p.strip()]
+    if reference is not None and len(reference) != 4:
+        raise InputError(f"reference must be (y0, y1, x0, x1), got {reference!r}")
     params = {"stem": {"input": str(input), "phases": list(phases), "reference": reference,
                        "probe": str(probe) if probe is not None else None, "q_pixel_size": q_pixel_size,
                        "energy_kev": energy_kev, "convergence_mrad": convergence_mrad}}

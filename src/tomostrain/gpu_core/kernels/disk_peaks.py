@@ -225,7 +225,7 @@ def _fit_disk(f, y0, x0, cy0, cx0, radius, width, prof, dprof, dr, par, jac, A, 
             return False
         if not (abs(par[2] - radius) < 0.5 * radius and par[7] > 0.25 and par[7] < 4.0):
             return False
-        if step < 1e-3:
+        if step < 5e-3:
             break
     return True
 
