@@ -14,8 +14,9 @@ from tomostrain.reconstruction.fbp import angular_weights, fbp, gridrec, padded_
 
 def test_gridrec_is_its_formula():
     """Brute force of the discrete gridrec sum on a tiny odd-sized case with an off-centre axis:
-    f(z, x) = sum_i w_i / L sum_k a_k Re[H_k P_i(nu_k) exp(2 pi i nu_k (x cos + z sin))],
-    P_i(nu) = sum_j p_ij exp(-2 pi i nu (j - center)), a_k = 1 at DC and Nyquist, 2 between."""
+    f(z, x) = sum_i w_i / L sum_k a_k V_k Re[H_k P_i(nu_k) exp(2 pi i nu_k (x cos + z sin))],
+    P_i(nu) = sum_j p_ij exp(-2 pi i nu (j - center)), a_k = 1 at DC and Nyquist, 2 between,
+    V_k = sinc(nu_k) the voxel (unit box) transfer function."""
     rng = np.random.default_rng(0)
     n_cols, n_x, center = 9, 7, 4.6
     angles = np.array([-50.0, -10.0, 25.0, 80.0, 130.0])
@@ -26,7 +27,7 @@ def test_gridrec_is_its_formula():
     a[[0, -1]] = 1.0
     th = np.radians(angles)
     P = np.exp(-2j * np.pi * nu[None, :, None] * (np.arange(n_cols) - center)) @ series[:, 0, :, None].astype(float)
-    coef = angular_weights(angles)[:, None] / L * a * ramp_filter(n_cols) * P[..., 0]  # (A, K)
+    coef = angular_weights(angles)[:, None] / L * a * np.sinc(nu) * ramp_filter(n_cols) * P[..., 0]  # (A, K)
     c = np.arange(n_x) - (n_x - 1) / 2
     z, x = c[:, None, None, None], c[None, :, None, None]
     arg = 2 * np.pi * nu * (x * np.cos(th)[:, None] + z * np.sin(th)[:, None])

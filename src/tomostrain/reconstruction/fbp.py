@@ -255,6 +255,8 @@ def gridrec(projections, angles_deg, center=None, filter="ram-lak", padding=True
     Each padded, filtered, angle-weighted projection row's rfft gives the slice's 2-D Fourier
     transform on a polar grid; a type-1 NUFFT (finufft on the CPU, many slices per plan; the
     ``gpu_core.kernels.gridding`` kernel on the GPU) evaluates it on the Cartesian voxel grid.
+    Voxel values are box averages: the spectrum carries the unit box's transfer function
+    ``sinc(nu)`` along the radius, as fbp's distance-driven back projection does implicitly.
     ``eps`` is the NUFFT's relative tolerance.
 
     Returns (n_rows, n_x, n_x) float32 ``[y, z, x]`` on the device of ``projections``.
@@ -270,8 +272,11 @@ def gridrec(projections, angles_deg, center=None, filter="ram-lak", padding=True
     pair = np.full(n_freq, 2.0)
     pair[0] = 1.0
     pair[-1] = 1.0
-    factors = (angular_weights(angles, weighting)[:, None] * (ramp_filter(n_cols, filter, padding) * pair / size)[None, :]
-               * phase)
+    # voxel values are box averages (as fbp's distance-driven back projection and the phantoms'
+    # rasterisation make them): the unit box's transfer function along the radius, sinc(nu)
+    voxel = np.sinc(np.arange(n_freq) / size)
+    factors = (angular_weights(angles, weighting)[:, None]
+               * (ramp_filter(n_cols, filter, padding) * voxel * pair / size)[None, :] * phase)
     out = xp.empty((n_rows, n_x, n_x), xp.float32)
     per_row = n_angles * (n_cols * 8 + n_freq * 48) + n_x * n_x * 96
 
