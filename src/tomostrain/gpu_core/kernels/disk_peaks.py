@@ -37,6 +37,7 @@ import numpy as np
 from numba import cuda
 from numba.extending import register_jitable
 
+from ..backend import is_gpu_array, xp_of
 from . import cupy_stream, register
 
 THREADS = 64
@@ -379,11 +380,8 @@ def disk_peaks(corr, frames, thr, *, edge, min_spacing, max_peaks, mode, radius=
     peaks : (N, max_peaks, 3) float32 ``(qy, qx, intensity)``, rows ``>= counts[n]`` undefined
     counts : (N,) int32 peaks found; n_candidates : (N,) int32 local maxima above threshold
     """
-    is_gpu = hasattr(corr, "__cuda_array_interface__")
-    if is_gpu:
-        import cupy as xp
-    else:
-        xp = np
+    is_gpu = is_gpu_array(corr)
+    xp = xp_of(corr)
     n = corr.shape[0]
     prof, dprof = profile if profile is not None else (np.zeros(2), np.zeros(2))
     prof = xp.asarray(prof, dtype=xp.float64)

@@ -41,6 +41,12 @@ def kernel_params(eps: float) -> tuple[int, float]:
 
 
 @register_jitable
+def _wrap(i, n):
+    """Grid index ``i`` (at most one period outside ``[0, n)``) wrapped onto the periodic grid."""
+    return i + n if i < 0 else (i - n if i >= n else i)
+
+
+@register_jitable
 def _es_weights(t, width, beta, weights):
     """Kernel weights of the grid points i0 .. i0+width-1 around grid coordinate ``t``; returns i0."""
     half = 0.5 * width
@@ -66,11 +72,9 @@ def gridding_gpu(coords, values, width, beta, grid):
             re = values[s, j, 0]
             im = values[s, j, 1]
             for a in range(width):
-                iz = iz0 + a
-                iz = iz + n if iz < 0 else (iz - n if iz >= n else iz)
+                iz = _wrap(iz0 + a, n)
                 for b in range(width):
-                    ix = ix0 + b
-                    ix = ix + n if ix < 0 else (ix - n if ix >= n else ix)
+                    ix = _wrap(ix0 + b, n)
                     w = wz[a] * wx[b]
                     cuda.atomic.add(grid, (s, iz, ix, 0), w * re)
                     cuda.atomic.add(grid, (s, iz, ix, 1), w * im)
@@ -88,11 +92,9 @@ def gridding_cpu(coords, values, width, beta, grid):
             re = values[s, j, 0]
             im = values[s, j, 1]
             for a in range(width):
-                iz = iz0 + a
-                iz = iz + n if iz < 0 else (iz - n if iz >= n else iz)
+                iz = _wrap(iz0 + a, n)
                 for b in range(width):
-                    ix = ix0 + b
-                    ix = ix + n if ix < 0 else (ix - n if ix >= n else ix)
+                    ix = _wrap(ix0 + b, n)
                     w = wz[a] * wx[b]
                     grid[s, iz, ix, 0] += w * re
                     grid[s, iz, ix, 1] += w * im

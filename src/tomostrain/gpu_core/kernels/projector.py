@@ -37,6 +37,7 @@ import numpy as np
 from numba import cuda
 from numba.extending import register_jitable
 
+from ..backend import is_gpu_array
 from . import blocks_for, cupy_stream, register
 
 THREADS = 256
@@ -266,7 +267,7 @@ def forward(volume, geo, n_cols: int):
     volume (n_rows, n, n) float32 C-contiguous ``[y, z, x]``; geo the ``geometry_table`` on the
     same device. Returns (n_angles, n_rows, n_cols) float32.
     """
-    if not hasattr(volume, "__cuda_array_interface__"):
+    if not is_gpu_array(volume):
         # bins are absolute columns: a one-column detector is column 0 of a two-column one
         out = np.empty((geo.shape[0], volume.shape[0], max(n_cols, 2)), np.float32)
         forward_cpu(volume, geo, out)
@@ -286,7 +287,7 @@ def back(projections, geo, n_x: int):
     projections (n_angles, n_rows, n_cols) float32 C-contiguous; geo the ``geometry_table`` on
     the same device. Returns (n_rows, n_x, n_x) float32 ``[y, z, x]``.
     """
-    if not hasattr(projections, "__cuda_array_interface__"):
+    if not is_gpu_array(projections):
         if projections.shape[2] < 2:  # an empty second column changes nothing (see ``forward``)
             projections = np.pad(projections, ((0, 0), (0, 0), (0, 1)))
         out = np.empty((projections.shape[1], n_x, n_x), np.float32)

@@ -18,7 +18,8 @@ import numpy as np
 from numba import cuda
 from numba.extending import register_jitable
 
-from . import blocks_for, cupy_stream, register
+from ..backend import is_gpu_array, xp_of
+from . import cupy_stream, register
 
 THREADS = 128
 MAX_MASKS = 13          # per launch; more masks run in groups
@@ -93,11 +94,8 @@ def virtual_detector(frames, masks=None):
         empty pattern
     total : (N,) float64, summed intensity
     """
-    is_gpu = hasattr(frames, "__cuda_array_interface__")
-    if is_gpu:
-        import cupy as xp
-    else:
-        xp = np
+    is_gpu = is_gpu_array(frames)
+    xp = xp_of(frames)
     n, ky, kx = frames.shape
     flat = xp.ascontiguousarray(frames.reshape(n, ky * kx), dtype=xp.float32)
     if masks is None:
