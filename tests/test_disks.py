@@ -88,6 +88,59 @@ def test_noisy_gradient_disks_edge_fit_is_unbiased(rng):
     assert bias["edge"] < 0.04
 
 
+def test_weak_disks_edge_fit_is_unbiased_and_beats_the_correlation_peak(rng):
+    """About 80 counts a disk (higher-order reflections at a realistic dose): the edge fit still
+    converges (no fallback to the biased correlation peak) and its errors are smaller."""
+    n = 300
+    centres = rng.uniform(-0.5, 0.5, (n, 2)) + [32.0, 32.0]
+    clean = np.stack([render((64, 64), [(c[0], c[1], 1.0, 0.4, (0.6, 0.8))]) for c in centres])
+    data = rng.poisson(clean).astype(np.float32)[None]
+    rms, bias = {}, {}
+    for subpixel in ("parabolic", "edge"):
+        bp = find_bragg_disks(data, TEMPLATE, subpixel=subpixel, max_peaks=1)
+        np.testing.assert_array_equal(bp.counts(), 1)
+        err = np.stack([bp.qy - centres[:, 0], bp.qx - centres[:, 1]], 1)
+        rms[subpixel] = np.sqrt((err ** 2).sum(1).mean())
+        bias[subpixel] = np.hypot(*err.mean(0))
+    assert bias["parabolic"] > 0.2
+    assert bias["edge"] < 0.05, bias
+    assert rms["edge"] < 0.8 * rms["parabolic"], rms
+
+
+def test_flat_inside_moments_equal_the_per_pixel_normal_equations(rng):
+    """Inside the disk the edge fit sums weighted moments instead of Jacobian outer products:
+    the two must give the same normal equations."""
+    from tomostrain.gpu_core.kernels.disk_peaks import N_PAR, _add_flat
+
+    m = 50
+    w, u, v, res = rng.random(m) + 0.1, rng.normal(size=m), rng.normal(size=m), rng.normal(size=m)
+    ey, ex = rng.normal(size=2)
+    J = np.zeros((m, N_PAR))
+    J[:, 0], J[:, 1], J[:, 3], J[:, 4], J[:, 5], J[:, 6] = ey, ex, 1.0, u, v, 1.0
+    want_A = np.tril((J * w[:, None]).T @ J)
+    want_g = (J * (w * res)[:, None]).sum(0)
+    A, g, work = np.zeros((N_PAR, N_PAR)), np.zeros(N_PAR), np.zeros(N_PAR)
+    _add_flat(A, g, work, ey, ex, w.sum(), (w * u).sum(), (w * v).sum(), (w * u * u).sum(), (w * u * v).sum(),
+              (w * v * v).sum(), (w * res).sum(), (w * u * res).sum(), (w * v * res).sum())
+    np.testing.assert_allclose(np.tril(A), want_A, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g, want_g, rtol=1e-12, atol=1e-12)
+
+
+def test_cholesky_step_and_centre_variance(rng):
+    """The edge fit's solver: the Gauss-Newton step and the larger centre variance of ``A^-1``."""
+    from tomostrain.gpu_core.kernels.disk_peaks import N_PAR, _solve_spd
+
+    M = rng.normal(size=(N_PAR, N_PAR))
+    A = M @ M.T + N_PAR * np.eye(N_PAR)
+    r = rng.normal(size=N_PAR)
+    inv = np.linalg.inv(A)
+    x, work = r.copy(), np.zeros(N_PAR)
+    var = _solve_spd(np.tril(A), x, N_PAR, work)     # only the lower triangle is read
+    np.testing.assert_allclose(x, inv @ r, rtol=1e-10)
+    assert var == pytest.approx(max(inv[0, 0], inv[1, 1]), rel=1e-10)
+    assert _solve_spd(-np.eye(N_PAR), r.copy(), N_PAR, work) == -1.0
+
+
 def test_spacing_threshold_border_and_max_peaks():
     disks = [(20.0, 20.0, 1.0, 0.0, (0, 0)), (20.0, 31.0, 0.5, 0.0, (0, 0)),   # 11 px apart
              (45.0, 45.0, 0.02, 0.0, (0, 0)), (3.0, 50.0, 1.0, 0.0, (0, 0))]   # faint; at the border

@@ -175,7 +175,7 @@ def find_bragg_disks(
         import cupy as xp
     kernel_ft = probe_kernel_ft(tmpl, (ky, kx), xp)
     mode = SUBPIXEL[subpixel]
-    profile = _kernel.disk_profile(tmpl, cy, cx, radius) if mode == _kernel.EDGE else None
+    profile = _kernel.disk_profile(tmpl, cy, cx, radius, width) if mode == _kernel.EDGE else None
     budget = _backend.memory_budget(where) if budget_bytes is None else int(budget_bytes)
     row_bytes = sx * ky * kx * _BYTES_PER_PIXEL
     max_rows = max(1, _MAX_CHUNK_PATTERNS // sx)

@@ -17,8 +17,11 @@ Per pattern ``n`` (correlation map ``corr[n]`` and, for the edge fit, the patter
    the edge scale ``s``. Each pixel is weighted ``1 / (|m| + 0.03 a)`` (Poisson-like: variance
    grows with the expected counts; the floor keeps the background from dominating). The centre
    comes from where the edge is, not from how bright the inside is, so a thickness-dependent
-   gradient does not bias it. It starts from the parabolic
-   position and falls back to it when the fit fails (singular, or a move of more than
+   gradient does not bias it. It starts from the parabolic position with ``a`` = the correlation
+   value (the probe-weighted mean inside the disk), solves each step by Cholesky, and stops when the
+   centre moves by less than ``max(5e-3 px, 0.1 sigma)``, sigma being the centre's standard error
+   (``A^-1`` scaled by the reduced chi-square), or after ``GN_ITER`` steps. It falls back to the
+   parabolic position when the fit fails (not positive definite, or a move of more than
    ``radius / 2``, or ``R``, ``s`` out of range).
 
 Output ``peaks[n, j] = (qy, qx, correlation at the peak pixel)`` for ``j < count[n]``, strongest
@@ -46,16 +49,12 @@ MAX_PEAKS = 256      # peaks returned per pattern at most (step 2)
 PARABOLIC, COM, EDGE = 0, 1, 2
 N_PAR = 8            # edge fit: cy, cx, R, a, b, c, d, s
 GN_ITER = 12
+S_PRIOR = 0.2        # edge fit: standard deviation of the prior on the edge scale s (around 1)
 
 
 @register_jitable
-def _is_candidate(c, p, kx, edge, thr):
-    """True when flat pixel ``p`` of map ``c`` (ky, kx) is a thresholded, border-free local max."""
-    ky = c.shape[0]
-    y = p // kx
-    x = p - y * kx
-    if y < edge or y >= ky - edge or x < edge or x >= kx - edge:
-        return False
+def _is_candidate(c, y, x, thr):
+    """True when pixel ``(y, x)`` of map ``c`` (not on its border) is a thresholded local max."""
     v = c[y, x]
     if v < thr or v <= 0.0:
         return False
@@ -118,37 +117,45 @@ def _parabola(a, b, c):
 
 
 @register_jitable
-def _solve(A, r, n):
-    """Solve ``A x = r`` (n x n, in place, partial pivoting); x in ``r``. False when singular."""
-    for col in range(n):
-        piv = col
-        big = abs(A[col, col])
-        for row in range(col + 1, n):
-            if abs(A[row, col]) > big:
-                big = abs(A[row, col])
-                piv = row
-        if not big > 1e-300:
-            return False
-        if piv != col:
-            for k in range(n):
-                t = A[col, k]
-                A[col, k] = A[piv, k]
-                A[piv, k] = t
-            t = r[col]
-            r[col] = r[piv]
-            r[piv] = t
-        for row in range(col + 1, n):
-            f = A[row, col] / A[col, col]
-            if f != 0.0:
-                for k in range(col, n):
-                    A[row, k] -= f * A[col, k]
-                r[row] -= f * r[col]
-    for col in range(n - 1, -1, -1):
-        s = r[col]
-        for k in range(col + 1, n):
-            s -= A[col, k] * r[k]
-        r[col] = s / A[col, col]
-    return True
+def _solve_spd(A, r, n, z):
+    """Solve ``A x = r`` for symmetric positive definite ``A`` (n x n, lower triangle read) by
+    Cholesky, in place: x in ``r``, the factor in A's lower triangle. Returns the largest of the
+    diagonal entries 0 and 1 of ``A^-1`` (``z`` is work space), or -1 when A is not positive definite.
+    """
+    for j in range(n):
+        d = A[j, j]
+        for k in range(j):
+            d -= A[j, k] * A[j, k]
+        if not d > 1e-12 * A[j, j]:
+            return -1.0
+        d = math.sqrt(d)
+        A[j, j] = d
+        for i in range(j + 1, n):
+            t = A[i, j]
+            for k in range(j):
+                t -= A[i, k] * A[j, k]
+            A[i, j] = t / d
+    for i in range(n):                      # L y = r
+        t = r[i]
+        for k in range(i):
+            t -= A[i, k] * r[k]
+        r[i] = t / A[i, i]
+    for i in range(n - 1, -1, -1):          # L^T x = y
+        t = r[i]
+        for k in range(i + 1, n):
+            t -= A[k, i] * r[k]
+        r[i] = t / A[i, i]
+    var = 0.0
+    for e in range(2):                      # (A^-1)_ee = |L^-1 e|^2
+        acc = 0.0
+        for i in range(n):
+            t = 1.0 if i == e else 0.0
+            for k in range(i):
+                t -= A[i, k] * z[k]
+            z[i] = t / A[i, i]
+            acc += z[i] * z[i]
+        var = max(var, acc)
+    return var
 
 
 @register_jitable
@@ -163,39 +170,91 @@ def _profile(prof, dprof, dr, rr):
 
 
 @register_jitable
-def _fit_disk(f, y0, x0, cy0, cx0, radius, width, prof, dprof, dr, par, jac, A, g):
+def _add_flat(A, g, e, ey, ex, w0, wu, wv, wuu, wuv, wvv, r0, ru, rv):
+    """Add the flat inside's pixels to the normal equations (lower triangle of ``A``, and ``g``).
+
+    There ``P = 1, dP = 0``, so a pixel's Jacobian row is ``e + u E4 + v E5`` with the constant
+    ``e = (ey, ex, 0, 1, 0, 0, 1, 0)`` (``ey = -b / radius``, ``ex = -c / radius``) and unit vectors
+    ``E4, E5``: its sums need only the weighted moments ``w0 = sum w, wu = sum w u, ...`` and
+    ``r0 = sum w res, ru = sum w u res, rv = sum w v res``. ``e`` is work space (length N_PAR).
+    """
+    for i in range(N_PAR):
+        e[i] = 0.0
+    e[0] = ey
+    e[1] = ex
+    e[3] = 1.0
+    e[6] = 1.0
+    for i in range(N_PAR):
+        ci = (1.0 if i == 4 else 0.0)
+        di = (1.0 if i == 5 else 0.0)
+        g[i] += e[i] * r0 + ci * ru + di * rv
+        for k in range(i + 1):
+            ck = (1.0 if k == 4 else 0.0)
+            dk = (1.0 if k == 5 else 0.0)
+            A[i, k] += (e[i] * e[k] * w0 + (e[i] * ck + ci * e[k]) * wu + (e[i] * dk + di * e[k]) * wv
+                        + ci * ck * wuu + (ci * dk + di * ck) * wuv + di * dk * wvv)
+
+
+@register_jitable
+def _fit_disk(f, a0, y0, x0, cy0, cx0, radius, width, prof, dprof, dr, par, jac, A, g):
     """Gauss-Newton fit of one disk with a linear intensity gradient (module docstring) in the
-    window of radius ``radius + 3 width + 1.5`` around pixel (y0, x0), starting at (cy0, cx0).
-    Returns True, with (cy, cx) in par[0:2], on success."""
+    window of radius ``radius + 3 width + 1.5`` around pixel (y0, x0), starting at (cy0, cx0) with
+    inside level ``a0``. Returns True, with (cy, cx) in par[0:2], on success."""
     ky = f.shape[0]
     kx = f.shape[1]
-    reach = radius + 3.0 * width + 1.5
+    margin = 3.0 * width + 1.5
+    reach = radius + margin
     half = int(reach)
     par[0] = cy0
     par[1] = cx0
     par[2] = radius
-    par[3] = f[y0, x0]
+    par[3] = a0
     par[4] = 0.0
     par[5] = 0.0
     par[6] = 0.0
     par[7] = 1.0
+    py = 0.0
+    px = 0.0
     for _ in range(GN_ITER):
+        chi2 = 0.0
+        npix = 0
         for i in range(N_PAR):
             g[i] = 0.0
             for k in range(N_PAR):
                 A[i, k] = 0.0
+        # weighted moments of the flat inside, where P = 1 and dP = 0 (``_add_flat``)
+        w0 = wu = wv = wuu = wuv = wvv = r0 = ru = rv = 0.0
+        flat = par[2] - par[7] * margin             # the profile is 1 for r < flat
+        flat2 = flat * flat if flat > 0.0 else -1.0
         for y in range(max(0, y0 - half), min(ky, y0 + half + 1)):
             for x in range(max(0, x0 - half), min(kx, x0 + half + 1)):
                 if (y - y0) ** 2 + (x - x0) ** 2 > reach * reach:
                     continue
                 dy = y - par[0]
                 dx = x - par[1]
-                r = math.sqrt(dy * dy + dx * dx)
                 u = dy / radius
                 v = dx / radius
+                lin = par[3] + par[4] * u + par[5] * v
+                r2 = dy * dy + dx * dx
+                if r2 < flat2:
+                    model = lin + par[6]
+                    res = f[y, x] - model
+                    wt = 1.0 / (abs(model) + 0.03 * abs(par[3]) + 1e-30)
+                    chi2 += wt * res * res
+                    npix += 1
+                    w0 += wt
+                    wu += wt * u
+                    wv += wt * v
+                    wuu += wt * u * u
+                    wuv += wt * u * v
+                    wvv += wt * v * v
+                    r0 += wt * res
+                    ru += wt * u * res
+                    rv += wt * v * res
+                    continue
+                r = math.sqrt(r2)
                 s, ds = _profile(prof, dprof, dr, radius + (r - par[2]) / par[7])
                 ds /= par[7]                        # dS/dr
-                lin = par[3] + par[4] * u + par[5] * v
                 ry = dy / r if r > 1e-9 else 0.0
                 rx = dx / r if r > 1e-9 else 0.0
                 jac[0] = -par[4] * s / radius - lin * ds * ry
@@ -209,24 +268,34 @@ def _fit_disk(f, y0, x0, cy0, cx0, radius, width, prof, dprof, dr, par, jac, A, 
                 model = lin * s + par[6]
                 res = f[y, x] - model
                 wt = 1.0 / (abs(model) + 0.03 * abs(par[3]) + 1e-30)
+                chi2 += wt * res * res
+                npix += 1
                 for i in range(N_PAR):
                     g[i] += wt * jac[i] * res
                     for k in range(i + 1):
                         A[i, k] += wt * jac[i] * jac[k]
-        for i in range(N_PAR):
-            for k in range(i + 1, N_PAR):
-                A[i, k] = A[k, i]
-        if not _solve(A, g, N_PAR):
+        _add_flat(A, g, jac, -par[4] / radius, -par[5] / radius, w0, wu, wv, wuu, wuv, wvv, r0, ru, rv)
+        red = chi2 / max(npix - N_PAR, 1)           # reduced chi-square: scales the weights
+        A[7, 7] += red / S_PRIOR ** 2
+        g[7] += red * (1.0 - par[7]) / S_PRIOR ** 2
+        var = _solve_spd(A, g, N_PAR, jac)
+        if var < 0.0:
             return False
+        # converged when the centre moves by < 5e-3 px or < 0.1 of its own standard error
+        tol = max(5e-3, 0.1 * math.sqrt(var * red))
         step = max(abs(g[0]), abs(g[1]))
         scale = 1.0 if step <= 0.5 else 0.5 / step    # trust region on the centre
+        if g[0] * py + g[1] * px < 0.0:
+            scale *= 0.5                                # the centre turned back: damp the 2-cycle
+        py = g[0]
+        px = g[1]
         for i in range(N_PAR):
             par[i] += scale * g[i]
         if not (abs(par[0] - cy0) <= 0.5 * radius and abs(par[1] - cx0) <= 0.5 * radius):
             return False
         if not (abs(par[2] - radius) < 0.5 * radius and par[7] > 0.25 and par[7] < 4.0):
             return False
-        if step < 5e-3:
+        if step < tol:
             break
     return True
 
@@ -258,7 +327,7 @@ def _refine(c, f, p, kx, mode, radius, width, prof, dprof, dr, out, par, jac, A,
         ox = _parabola(c[y, x - 1], v, c[y, x + 1])
     qy = y + oy
     qx = x + ox
-    if mode == EDGE and _fit_disk(f, y, x, qy, qx, radius, width, prof, dprof, dr, par, jac, A, g):
+    if mode == EDGE and _fit_disk(f, v, y, x, qy, qx, radius, width, prof, dprof, dr, par, jac, A, g):
         if math.isfinite(par[0]) and math.isfinite(par[1]):
             qy = par[0]
             qx = par[1]
@@ -289,12 +358,13 @@ def disk_peaks_gpu(corr, frames, thr, edge, min_spacing, max_peaks, mode, radius
             n_cand[0] = 0
         cuda.syncthreads()
         c = corr[n]
-        for p in range(tid, ky * kx, cuda.blockDim.x):
-            if _is_candidate(c, p, kx, edge, thr[n]):
-                k = cuda.atomic.add(n_cand, 0, 1)
-                if k < MAX_CAND:
-                    cand_v[k] = c[p // kx, p % kx]
-                    cand_i[k] = p
+        for y in range(edge, ky - edge):
+            for x in range(edge + tid, kx - edge, cuda.blockDim.x):
+                if _is_candidate(c, y, x, thr[n]):
+                    k = cuda.atomic.add(n_cand, 0, 1)
+                    if k < MAX_CAND:
+                        cand_v[k] = c[y, x]
+                        cand_i[k] = y * kx + x
         cuda.syncthreads()
         if tid == 0:
             m = min(n_cand[0], MAX_CAND)
@@ -321,12 +391,13 @@ def disk_peaks_cpu(corr, frames, thr, edge, min_spacing, max_peaks, mode, radius
         g = np.empty(N_PAR, np.float64)
         c = corr[n]
         m = 0
-        for p in range(ky * kx):
-            if _is_candidate(c, p, kx, edge, thr[n]):
-                if m < MAX_CAND:
-                    cand_v[m] = c[p // kx, p % kx]
-                    cand_i[m] = p
-                m += 1
+        for y in range(edge, ky - edge):
+            for x in range(edge, kx - edge):
+                if _is_candidate(c, y, x, thr[n]):
+                    if m < MAX_CAND:
+                        cand_v[m] = c[y, x]
+                        cand_i[m] = y * kx + x
+                    m += 1
         n_candidates[n] = m
         k = _select(cand_v, cand_i, min(m, MAX_CAND), kx, min_spacing, max_peaks, sel)
         counts[n] = k
@@ -334,16 +405,17 @@ def disk_peaks_cpu(corr, frames, thr, edge, min_spacing, max_peaks, mode, radius
             _refine(c, frames[n], sel[j], kx, mode, radius, width, prof, dprof, dr, peaks[n, j], par, jac, A, g)
 
 
-def disk_profile(template, cy, cx, radius, dr=0.1):
+def disk_profile(template, cy, cx, radius, width, dr=0.1):
     """Radial profile of a probe image about its centre ``(cy, cx)``: ``(P, dP/dr)`` float64
-    sampled at ``r = k * dr`` out to where the disk has faded, normalised to 1 inside
-    (``r < radius / 2``) and 0 outside; local means over 0.3-pixel rings, then linear
-    interpolation onto the grid."""
+    sampled at ``r = k * dr`` out to where the disk has faded; local means over 0.3-pixel rings,
+    then linear interpolation onto the grid. Normalised to 0 outside and exactly 1 on the flat
+    inside ``r < max(radius / 2, radius - 3 width - 1.5)`` (the edge fit's moment region)."""
     t = np.asarray(template, dtype=np.float64)
     iy, ix = np.indices(t.shape)
     r = np.hypot(iy - cy, ix - cx).ravel()
     v = t.ravel()
-    inside = v[r < 0.5 * radius].mean()
+    flat = max(0.5 * radius, radius - 3.0 * width - 1.5)
+    inside = v[r < flat].mean()
     far = r > 1.6 * radius + 3
     outside = np.median(v[far]) if far.any() else 0.0
     bins = np.arange(0.0, 1.6 * radius + 3, 0.3)
@@ -356,7 +428,7 @@ def disk_profile(template, cy, cx, radius, dr=0.1):
     grid = np.arange(0.0, bins[-1] + dr, dr)
     prof = np.interp(grid, rsum[have] / cnt[have], tot[have] / cnt[have])
     prof = (prof - outside) / (inside - outside)
-    prof[grid < 0.5 * radius] = 1.0
+    prof[grid < flat] = 1.0
     prof[-1] = 0.0
     return prof, np.gradient(prof, dr)
 
@@ -417,7 +489,7 @@ def _sim_case(rng):
     ])
     corr = frames.copy()   # the kernel only needs maps with peaks; the disks themselves do
     thr = np.full(3, 0.1, np.float32)
-    prof, dprof = disk_profile(_disk_image((15, 15), [(7.0, 7.0)], 3.0, 0.0, rng), 7.0, 7.0, 3.0)
+    prof, dprof = disk_profile(_disk_image((15, 15), [(7.0, 7.0)], 3.0, 0.0, rng), 7.0, 7.0, 3.0, 0.7)
     common = (2, 4.0, 4)
     runs = []
     for mode in (PARABOLIC, COM, EDGE):
