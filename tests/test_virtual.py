@@ -51,6 +51,10 @@ def test_bf_adf_equal_numpy_masks(synth):
     np.testing.assert_allclose(bf, _numpy_annulus(data, 0, 7.0, origin), rtol=1e-6)
     adf = virtual_adf(data, 20, 31, origin)
     np.testing.assert_allclose(adf, _numpy_annulus(data, 20, 31, origin), rtol=1e-6)
+    # annuli reaching past the detector edge, or lying wholly outside it (only a crop is read)
+    for inner, outer in ((20, 60), (50, 70)):
+        np.testing.assert_allclose(virtual_adf(data, inner, outer, origin), _numpy_annulus(data, inner, outer, origin),
+                                   rtol=1e-6)
     np.testing.assert_allclose(total_intensity(data), data.sum((2, 3), dtype=np.float64), rtol=1e-6)
     # ADF is bright on the particle, dark in vacuum
     labels = truth["labels"]

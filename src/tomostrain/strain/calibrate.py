@@ -67,10 +67,16 @@ def _measure_origin(cube, xp):
     for _, chunk in cube.iter_rows(budget, xp):
         mean += chunk.sum((0, 1), dtype=xp.float64)
     (c0,), radius = _disk_centres(mean[None], xp, with_radius=True)
-    iy, ix = xp.indices((ky, kx), dtype=xp.float32)
+    # both windows lie inside the box c0 +- (3 radius + 6): only that crop of each pattern is read
+    half = int(np.ceil(3.0 * radius + 7.0))
+    y0, x0 = (max(0, int(np.floor(float(c))) - half) for c in c0)
+    y1, x1 = min(ky, y0 + 2 * half + 2), min(kx, x0 + 2 * half + 2)
+    iy, ix = xp.indices((y1 - y0, x1 - x0), dtype=xp.float32)
+    iy += y0
+    ix += x0
     out = xp.empty((sy, sx, 2), xp.float64)
     for sl, chunk in cube.iter_rows(budget // 8, xp):  # ~8 float64 temporaries per pattern
-        frames = chunk.reshape(-1, ky, kx)
+        frames = chunk.reshape(-1, ky, kx)[:, y0:y1, x0:x1]
         centre = xp.broadcast_to(c0, (frames.shape[0], 2))
         for window in (2.0 * radius + 4.0, radius + 2.0):
             centre = _thresholded_centroid(frames, centre, window, radius, iy, ix, xp)

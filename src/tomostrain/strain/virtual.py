@@ -142,14 +142,21 @@ def _annular(cube, inner, outer, origin, backend):
     annular_masks(cube.detector_shape, [(inner, outer)])  # validates the edges
     field = _origin_field(o, cube.scan_shape, xp)
     ky, kx = cube.detector_shape
-    iy, ix = xp.indices((ky, kx), dtype=xp.float32)
+    # only the detector box that some position's annulus reaches is read
+    lo = np.floor(_backend.to_host(field.reshape(-1, 2).min(0)) - outer).astype(int)
+    hi = np.ceil(_backend.to_host(field.reshape(-1, 2).max(0)) + outer).astype(int) + 1
+    y0, x0 = max(0, lo[0]), max(0, lo[1])
+    y1, x1 = min(ky, hi[0]), min(kx, hi[1])
+    iy, ix = xp.indices((max(y1 - y0, 0), max(x1 - x0, 0)), dtype=xp.float32)
+    iy += y0
+    ix += x0
     out = xp.empty(cube.scan_shape, xp.float64)
     for sl, chunk in cube.iter_rows(_budget(xp), xp):
         oy = field[sl, :, 0, None, None].astype(xp.float32)
         ox = field[sl, :, 1, None, None].astype(xp.float32)
         r2 = (iy - oy) ** 2 + (ix - ox) ** 2
         inside = (r2 >= inner * inner) & (r2 < outer * outer)
-        out[sl] = xp.where(inside, chunk, 0.0).sum((2, 3), dtype=xp.float64)
+        out[sl] = xp.where(inside, chunk[:, :, y0:y1, x0:x1], 0.0).sum((2, 3), dtype=xp.float64)
     _check_finite(out, "virtual image")
     return out
 
