@@ -159,10 +159,10 @@ def run_gpu(quick: bool) -> dict:
 
 
 def run(out_dir, quick: bool = False, backend: str = "cpu") -> Path:
-    """Run the suite on ``backend`` and write ``disks.json`` into ``out_dir``."""
+    """Run the suite on ``backend`` and write ``bench_disks.json`` into ``out_dir``."""
     payload = {"suite": "disks", "backend": backend, "quick": quick, "machine": machine(backend)}
     payload.update(run_gpu(quick) if backend == "gpu" else run_cpu(quick))
-    return write_json(out_dir, "disks", payload)
+    return write_json(out_dir, "bench_disks", payload)
 
 
 def main(argv=None) -> int:
