@@ -6,6 +6,8 @@
 Every module in gpu_core/kernels registers its kernels; both checks walk that registry.
 """
 import os
+import sys
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -42,11 +44,41 @@ def test_compiles_to_ptx(monkeypatch, kernel, cc):
         assert ".entry" in ptx
 
 
+def _simulated_shfl_xor_sync(self, mask, value, lane_mask):
+    """``cuda.shfl_xor_sync`` for Numba's simulator, which has no warp shuffles: each simulated
+    thread is a Python thread, so the 32 lanes of a warp post their value under the call's number,
+    meet at a barrier and read their partner's. Exact for warp-uniform calls (every lane makes the
+    same calls, as the kernels do)."""
+    t = threading.current_thread()
+    key = (tuple(t.blockIdx), t.thread_id // 32)
+    with _WARPS_LOCK:
+        barrier, posted, calls = _WARPS.setdefault(key, (threading.Barrier(32), {}, {}))
+    lane = t.thread_id % 32
+    n = calls[lane] = calls.get(lane, 0) + 1
+    posted[n, lane] = value
+    barrier.wait(timeout=60)         # a lane that never comes is a failure, not a hang
+    return posted[n, lane ^ lane_mask]
+
+
+_WARPS: dict = {}
+_WARPS_LOCK = threading.Lock()
+
+
 @pytest.mark.sim
 @pytest.mark.skipif(not SIMULATED, reason="needs NUMBA_ENABLE_CUDASIM=1 before numba is imported")
 @pytest.mark.parametrize("kernel", ALL, ids=[k.name for k in ALL])
-def test_simulated_kernel_equals_cpu_twin(kernel):
+def test_simulated_kernel_equals_cpu_twin(kernel, monkeypatch):
+    from numba.cuda.simulator.kernelapi import FakeCUDAModule
+
+    if not hasattr(FakeCUDAModule, "shfl_xor_sync"):
+        monkeypatch.setattr(FakeCUDAModule, "shfl_xor_sync", _simulated_shfl_xor_sync, raising=False)
+        _WARPS.clear()
     launch, want, rtol, atol = kernel.sim_case(np.random.default_rng(7))
-    got = launch()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)      # simulated threads hand over at every barrier: switch at once
+    try:
+        got = launch()
+    finally:
+        sys.setswitchinterval(interval)
     assert np.isfinite(want).any()
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, equal_nan=True)

@@ -28,8 +28,10 @@ Output ``peaks[n, j] = (qy, qx, correlation at the peak pixel)`` for ``j < count
 first; ``n_candidates[n]`` counts the step-1 candidates (more than ``MAX_CAND`` are not all seen).
 
 GPU: one block per pattern (grid-stride over patterns); threads stride over pixels and append
-candidates to shared memory with an atomic counter, thread 0 selects, threads refine one peak
-each. CPU twin: ``prange`` over patterns. Both call the same device functions.
+candidates to shared memory with an atomic counter, thread 0 selects, then each warp refines one
+peak at a time: its lanes share the window's pixels and sum the normal equations over shuffles,
+and every lane takes the same step. CPU twin: ``prange`` over patterns, one thread per pattern
+running every pixel. Both call the same device functions (``_pixel_sums``, ``_gn_step``, ...).
 """
 from __future__ import annotations
 
@@ -43,11 +45,14 @@ from numba.extending import register_jitable
 from ..backend import is_gpu_array, xp_of
 from . import cupy_stream, register
 
-THREADS = 64
+THREADS = 128        # 4 warps a pattern: a warp per peak in the edge fit
 MAX_CAND = 1024      # candidates kept per pattern (step 1)
 MAX_PEAKS = 256      # peaks returned per pattern at most (step 2)
 PARABOLIC, COM, EDGE = 0, 1, 2
 N_PAR = 8            # edge fit: cy, cx, R, a, b, c, d, s
+N_TRI = N_PAR * (N_PAR + 1) // 2
+N_STATE = N_PAR + 2  # the parameters and the previous centre step
+N_ACC = N_TRI + N_PAR + 11   # _pixel_sums: J^T W J, J^T W res, 9 flat moments, chi2, count
 GN_ITER = 12
 S_PRIOR = 0.2        # edge fit: standard deviation of the prior on the edge scale s (around 1)
 
@@ -196,113 +201,127 @@ def _add_flat(A, g, e, ey, ex, w0, wu, wv, wuu, wuv, wvv, r0, ru, rv):
 
 
 @register_jitable
-def _fit_disk(f, a0, y0, x0, cy0, cx0, radius, width, prof, dprof, dr, par, jac, A, g):
-    """Gauss-Newton fit of one disk with a linear intensity gradient (module docstring) in the
-    window of radius ``radius + 3 width + 1.5`` around pixel (y0, x0), starting at (cy0, cx0) with
-    inside level ``a0``. Returns True, with (cy, cx) in par[0:2], on success."""
+def _pixel_sums(f, y0, x0, radius, width, prof, dprof, dr, par, lane, n_lanes, jac, acc):
+    """Normal-equation sums of the edge fit at ``par`` over the window of radius
+    ``radius + 3 width + 1.5`` about pixel (y0, x0): this lane's share, columns ``x0 - half + lane``,
+    ``+ n_lanes``, ... of every window row (lane 0 of 1 on the CPU, a warp's lanes on the GPU).
+
+    ``acc`` (N_ACC): ``[0:36]`` lower triangle of ``J^T W J`` (entry ``i, k <= i`` at
+    ``i (i + 1) / 2 + k``), ``[36:44]`` ``J^T W res``, ``[44:53]`` the flat inside's moments
+    (``_add_flat``), ``[53]`` chi-square, ``[54]`` pixel count. ``jac`` is work space (N_PAR).
+    """
     ky = f.shape[0]
     kx = f.shape[1]
     margin = 3.0 * width + 1.5
     reach = radius + margin
     half = int(reach)
+    for i in range(N_ACC):
+        acc[i] = 0.0
+    flat = par[2] - par[7] * margin                 # the profile is 1 for r < flat
+    flat2 = flat * flat if flat > 0.0 else -1.0
+    for y in range(max(0, y0 - half), min(ky, y0 + half + 1)):
+        for x in range(max(0, x0 - half) + lane, min(kx, x0 + half + 1), n_lanes):
+            if (y - y0) ** 2 + (x - x0) ** 2 > reach * reach:
+                continue
+            dy = y - par[0]
+            dx = x - par[1]
+            u = dy / radius
+            v = dx / radius
+            lin = par[3] + par[4] * u + par[5] * v
+            r2 = dy * dy + dx * dx
+            if r2 < flat2:
+                model = lin + par[6]
+                res = f[y, x] - model
+                wt = 1.0 / (abs(model) + 0.03 * abs(par[3]) + 1e-30)
+                acc[44] += wt
+                acc[45] += wt * u
+                acc[46] += wt * v
+                acc[47] += wt * u * u
+                acc[48] += wt * u * v
+                acc[49] += wt * v * v
+                acc[50] += wt * res
+                acc[51] += wt * u * res
+                acc[52] += wt * v * res
+                acc[53] += wt * res * res
+                acc[54] += 1.0
+                continue
+            r = math.sqrt(r2)
+            s, ds = _profile(prof, dprof, dr, radius + (r - par[2]) / par[7])
+            ds /= par[7]                            # dS/dr
+            ry = dy / r if r > 1e-9 else 0.0
+            rx = dx / r if r > 1e-9 else 0.0
+            jac[0] = -par[4] * s / radius - lin * ds * ry
+            jac[1] = -par[5] * s / radius - lin * ds * rx
+            jac[2] = -lin * ds
+            jac[3] = s
+            jac[4] = u * s
+            jac[5] = v * s
+            jac[6] = 1.0
+            jac[7] = -lin * ds * (r - par[2]) / par[7]
+            model = lin * s + par[6]
+            res = f[y, x] - model
+            wt = 1.0 / (abs(model) + 0.03 * abs(par[3]) + 1e-30)
+            acc[53] += wt * res * res
+            acc[54] += 1.0
+            for i in range(N_PAR):
+                wj = wt * jac[i]
+                acc[N_TRI + i] += wj * res
+                for k in range(i + 1):
+                    acc[i * (i + 1) // 2 + k] += wj * jac[k]
+
+
+@register_jitable
+def _gn_step(acc, par, radius, cy0, cx0, A, g, z):
+    """One damped Gauss-Newton step of the edge fit from the sums ``acc`` (``_pixel_sums``):
+    updates ``par`` (``par[8:10]`` keep the previous centre step). Returns 1 when converged,
+    0 to go on, -1 when the fit failed (module docstring). ``A, g, z`` are work space."""
+    for i in range(N_PAR):
+        g[i] = acc[N_TRI + i]
+        for k in range(i + 1):
+            A[i, k] = acc[i * (i + 1) // 2 + k]
+    _add_flat(A, g, z, -par[4] / radius, -par[5] / radius, acc[44], acc[45], acc[46], acc[47], acc[48],
+              acc[49], acc[50], acc[51], acc[52])
+    red = acc[53] / max(acc[54] - N_PAR, 1.0)       # reduced chi-square: scales the weights
+    A[7, 7] += red / S_PRIOR ** 2
+    g[7] += red * (1.0 - par[7]) / S_PRIOR ** 2
+    var = _solve_spd(A, g, N_PAR, z)
+    if var < 0.0:
+        return -1
+    # converged when the centre moves by < 5e-3 px or < 0.1 of its own standard error
+    tol = max(5e-3, 0.1 * math.sqrt(var * red))
+    step = max(abs(g[0]), abs(g[1]))
+    scale = 1.0 if step <= 0.5 else 0.5 / step      # trust region on the centre
+    if g[0] * par[8] + g[1] * par[9] < 0.0:
+        scale *= 0.5                                # the centre turned back: damp the 2-cycle
+    par[8] = g[0]
+    par[9] = g[1]
+    for i in range(N_PAR):
+        par[i] += scale * g[i]
+    if not (abs(par[0] - cy0) <= 0.5 * radius and abs(par[1] - cx0) <= 0.5 * radius):
+        return -1
+    if not (abs(par[2] - radius) < 0.5 * radius and par[7] > 0.25 and par[7] < 4.0):
+        return -1
+    if not (math.isfinite(par[0]) and math.isfinite(par[1])):
+        return -1
+    return 1 if step < tol else 0
+
+
+@register_jitable
+def _fit_start(par, a0, cy0, cx0, radius):
+    """Starting parameters of the edge fit (module docstring)."""
     par[0] = cy0
     par[1] = cx0
     par[2] = radius
     par[3] = a0
-    par[4] = 0.0
-    par[5] = 0.0
-    par[6] = 0.0
+    for i in range(4, N_STATE):
+        par[i] = 0.0
     par[7] = 1.0
-    py = 0.0
-    px = 0.0
-    for _ in range(GN_ITER):
-        chi2 = 0.0
-        npix = 0
-        for i in range(N_PAR):
-            g[i] = 0.0
-            for k in range(N_PAR):
-                A[i, k] = 0.0
-        # weighted moments of the flat inside, where P = 1 and dP = 0 (``_add_flat``)
-        w0 = wu = wv = wuu = wuv = wvv = r0 = ru = rv = 0.0
-        flat = par[2] - par[7] * margin             # the profile is 1 for r < flat
-        flat2 = flat * flat if flat > 0.0 else -1.0
-        for y in range(max(0, y0 - half), min(ky, y0 + half + 1)):
-            for x in range(max(0, x0 - half), min(kx, x0 + half + 1)):
-                if (y - y0) ** 2 + (x - x0) ** 2 > reach * reach:
-                    continue
-                dy = y - par[0]
-                dx = x - par[1]
-                u = dy / radius
-                v = dx / radius
-                lin = par[3] + par[4] * u + par[5] * v
-                r2 = dy * dy + dx * dx
-                if r2 < flat2:
-                    model = lin + par[6]
-                    res = f[y, x] - model
-                    wt = 1.0 / (abs(model) + 0.03 * abs(par[3]) + 1e-30)
-                    chi2 += wt * res * res
-                    npix += 1
-                    w0 += wt
-                    wu += wt * u
-                    wv += wt * v
-                    wuu += wt * u * u
-                    wuv += wt * u * v
-                    wvv += wt * v * v
-                    r0 += wt * res
-                    ru += wt * u * res
-                    rv += wt * v * res
-                    continue
-                r = math.sqrt(r2)
-                s, ds = _profile(prof, dprof, dr, radius + (r - par[2]) / par[7])
-                ds /= par[7]                        # dS/dr
-                ry = dy / r if r > 1e-9 else 0.0
-                rx = dx / r if r > 1e-9 else 0.0
-                jac[0] = -par[4] * s / radius - lin * ds * ry
-                jac[1] = -par[5] * s / radius - lin * ds * rx
-                jac[2] = -lin * ds
-                jac[3] = s
-                jac[4] = u * s
-                jac[5] = v * s
-                jac[6] = 1.0
-                jac[7] = -lin * ds * (r - par[2]) / par[7]
-                model = lin * s + par[6]
-                res = f[y, x] - model
-                wt = 1.0 / (abs(model) + 0.03 * abs(par[3]) + 1e-30)
-                chi2 += wt * res * res
-                npix += 1
-                for i in range(N_PAR):
-                    g[i] += wt * jac[i] * res
-                    for k in range(i + 1):
-                        A[i, k] += wt * jac[i] * jac[k]
-        _add_flat(A, g, jac, -par[4] / radius, -par[5] / radius, w0, wu, wv, wuu, wuv, wvv, r0, ru, rv)
-        red = chi2 / max(npix - N_PAR, 1)           # reduced chi-square: scales the weights
-        A[7, 7] += red / S_PRIOR ** 2
-        g[7] += red * (1.0 - par[7]) / S_PRIOR ** 2
-        var = _solve_spd(A, g, N_PAR, jac)
-        if var < 0.0:
-            return False
-        # converged when the centre moves by < 5e-3 px or < 0.1 of its own standard error
-        tol = max(5e-3, 0.1 * math.sqrt(var * red))
-        step = max(abs(g[0]), abs(g[1]))
-        scale = 1.0 if step <= 0.5 else 0.5 / step    # trust region on the centre
-        if g[0] * py + g[1] * px < 0.0:
-            scale *= 0.5                                # the centre turned back: damp the 2-cycle
-        py = g[0]
-        px = g[1]
-        for i in range(N_PAR):
-            par[i] += scale * g[i]
-        if not (abs(par[0] - cy0) <= 0.5 * radius and abs(par[1] - cx0) <= 0.5 * radius):
-            return False
-        if not (abs(par[2] - radius) < 0.5 * radius and par[7] > 0.25 and par[7] < 4.0):
-            return False
-        if step < tol:
-            break
-    return True
 
 
 @register_jitable
-def _refine(c, f, p, kx, mode, radius, width, prof, dprof, dr, out, par, jac, A, g):
-    """Write (qy, qx, intensity) of the peak at flat pixel ``p`` to ``out`` (see module doc)."""
+def _start(c, p, kx, mode, out):
+    """Write (qy, qx, intensity) of the peak at flat pixel ``p`` to ``out``: the parabolic or COM
+    position of the correlation peak (the edge fit's start)."""
     y = p // kx
     x = p - y * kx
     v = c[y, x]
@@ -325,32 +344,62 @@ def _refine(c, f, p, kx, mode, radius, width, prof, dprof, dr, out, par, jac, A,
     else:
         oy = _parabola(c[y - 1, x], v, c[y + 1, x])
         ox = _parabola(c[y, x - 1], v, c[y, x + 1])
-    qy = y + oy
-    qx = x + ox
-    if mode == EDGE and _fit_disk(f, v, y, x, qy, qx, radius, width, prof, dprof, dr, par, jac, A, g):
-        if math.isfinite(par[0]) and math.isfinite(par[1]):
-            qy = par[0]
-            qx = par[1]
-    out[0] = qy
-    out[1] = qx
+    out[0] = y + oy
+    out[1] = x + ox
     out[2] = v
+
+
+@register_jitable
+def _fit_disk(f, p, kx, radius, width, prof, dprof, dr, out, par, jac, acc, A, g, z):
+    """Edge fit of the disk at flat pixel ``p`` from the start in ``out``; on success its centre
+    replaces ``out[0:2]`` (CPU: one thread runs every pixel)."""
+    y0 = p // kx
+    x0 = p - y0 * kx
+    _fit_start(par, out[2], out[0], out[1], radius)
+    for _ in range(GN_ITER):
+        _pixel_sums(f, y0, x0, radius, width, prof, dprof, dr, par, 0, 1, jac, acc)
+        status = _gn_step(acc, par, radius, out[0], out[1], A, g, z)
+        if status < 0:
+            return
+        if status > 0:
+            break
+    out[0] = par[0]
+    out[1] = par[1]
+
+
+@cuda.jit(device=True)
+def _warp_sum(acc):
+    """Every lane of the warp gets the warp's sum of ``acc`` (bitwise equal on all lanes)."""
+    for i in range(N_ACC):
+        v = acc[i]
+        m = 16
+        while m > 0:
+            v += cuda.shfl_xor_sync(0xFFFFFFFF, v, m)
+            m //= 2
+        acc[i] = v
 
 
 @cuda.jit
 def disk_peaks_gpu(corr, frames, thr, edge, min_spacing, max_peaks, mode, radius, width,
                    prof, dprof, dr, peaks, counts, n_candidates):
     """corr, frames (N, ky, kx) float32; thr (N,) float32; peaks (N, >= max_peaks, 3) float32;
-    counts, n_candidates (N,) int32. One block per pattern."""
+    counts, n_candidates (N,) int32. One block per pattern, blockDim a multiple of 32."""
     tid = cuda.threadIdx.x
+    lane = tid % 32
+    warp = tid // 32
+    n_warps = cuda.blockDim.x // 32
     cand_v = cuda.shared.array(MAX_CAND, numba.float32)
     cand_i = cuda.shared.array(MAX_CAND, numba.int32)
     sel = cuda.shared.array(MAX_PEAKS, numba.int32)
     n_cand = cuda.shared.array(1, numba.int32)
     n_sel = cuda.shared.array(1, numba.int32)
-    par = cuda.local.array(N_PAR, numba.float64)
+    out = cuda.local.array(3, numba.float64)
+    par = cuda.local.array(N_STATE, numba.float64)
     jac = cuda.local.array(N_PAR, numba.float64)
+    acc = cuda.local.array(N_ACC, numba.float64)
     A = cuda.local.array((N_PAR, N_PAR), numba.float64)
     g = cuda.local.array(N_PAR, numba.float64)
+    z = cuda.local.array(N_PAR, numba.float64)
     ky = corr.shape[1]
     kx = corr.shape[2]
     for n in range(cuda.blockIdx.x, corr.shape[0], cuda.gridDim.x):
@@ -358,6 +407,7 @@ def disk_peaks_gpu(corr, frames, thr, edge, min_spacing, max_peaks, mode, radius
             n_cand[0] = 0
         cuda.syncthreads()
         c = corr[n]
+        f = frames[n]
         for y in range(edge, ky - edge):
             for x in range(edge + tid, kx - edge, cuda.blockDim.x):
                 if _is_candidate(c, y, x, thr[n]):
@@ -372,8 +422,28 @@ def disk_peaks_gpu(corr, frames, thr, edge, min_spacing, max_peaks, mode, radius
             counts[n] = n_sel[0]
             n_candidates[n] = n_cand[0]
         cuda.syncthreads()
-        for j in range(tid, n_sel[0], cuda.blockDim.x):
-            _refine(c, frames[n], sel[j], kx, mode, radius, width, prof, dprof, dr, peaks[n, j], par, jac, A, g)
+        # one warp per peak: the lanes share the window's pixels and sum over shuffles, then
+        # every lane takes the same Gauss-Newton step (same sums, same decisions: no divergence)
+        for j in range(warp, n_sel[0], n_warps):
+            p = sel[j]
+            _start(c, p, kx, mode, out)
+            if mode == EDGE:
+                y0 = p // kx
+                x0 = p - y0 * kx
+                _fit_start(par, out[2], out[0], out[1], radius)
+                status = 0
+                for _ in range(GN_ITER):
+                    _pixel_sums(f, y0, x0, radius, width, prof, dprof, dr, par, lane, 32, jac, acc)
+                    _warp_sum(acc)
+                    status = _gn_step(acc, par, radius, out[0], out[1], A, g, z)
+                    if status != 0:
+                        break
+                if status >= 0:
+                    out[0] = par[0]
+                    out[1] = par[1]
+            if lane == 0:
+                for i in range(3):
+                    peaks[n, j, i] = out[i]
         cuda.syncthreads()
 
 
@@ -385,10 +455,13 @@ def disk_peaks_cpu(corr, frames, thr, edge, min_spacing, max_peaks, mode, radius
         cand_v = np.empty(MAX_CAND, np.float32)
         cand_i = np.empty(MAX_CAND, np.int32)
         sel = np.empty(MAX_PEAKS, np.int32)
-        par = np.empty(N_PAR, np.float64)
+        out = np.empty(3, np.float64)
+        par = np.empty(N_STATE, np.float64)
         jac = np.empty(N_PAR, np.float64)
+        acc = np.empty(N_ACC, np.float64)
         A = np.empty((N_PAR, N_PAR), np.float64)
         g = np.empty(N_PAR, np.float64)
+        z = np.empty(N_PAR, np.float64)
         c = corr[n]
         m = 0
         for y in range(edge, ky - edge):
@@ -402,7 +475,11 @@ def disk_peaks_cpu(corr, frames, thr, edge, min_spacing, max_peaks, mode, radius
         k = _select(cand_v, cand_i, min(m, MAX_CAND), kx, min_spacing, max_peaks, sel)
         counts[n] = k
         for j in range(k):
-            _refine(c, frames[n], sel[j], kx, mode, radius, width, prof, dprof, dr, peaks[n, j], par, jac, A, g)
+            _start(c, sel[j], kx, mode, out)
+            if mode == EDGE:
+                _fit_disk(frames[n], sel[j], kx, radius, width, prof, dprof, dr, out, par, jac, acc, A, g, z)
+            for i in range(3):
+                peaks[n, j, i] = out[i]
 
 
 def disk_profile(template, cy, cx, radius, width, dr=0.1):
