@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", default="fbp", choices=["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv", "dart"])
     t.add_argument("--iterations", type=int, default=None, help="iterations of iterative methods")
     t.add_argument("--center", type=float, default=None, help="rotation-axis column (pixels); default the detector centre")
+    t.add_argument("--align", action="store_true",
+                   help="align first: tilt axis, drift and centre (written to /tomo/alignment)")
+    t.add_argument("--tilt-axis", type=float, default=0.0, metavar="DEG",
+                   help="nominal tilt-axis angle (degrees, DESIGN.md §3); --align searches within 10° of it")
     t.add_argument("--segment", type=int, default=0, metavar="N",
                    help="segment into N classes including vacuum (multi-Otsu) and quantify; 0 = no segmentation")
     t.add_argument("--angles", type=Path, default=None, help="angle file (degrees, one per line) for TIFF/MRC input")
@@ -115,8 +119,8 @@ def _dispatch(args, command: str) -> int:
     if args.command == "tomo":
         pipeline.tomo(
             args.input, args.output, method=args.method, iterations=args.iterations, center=args.center,
-            segment=args.segment, angles=args.angles, voxel_size_nm=args.voxel_size, backend=args.backend,
-            command=command,
+            segment=args.segment, angles=args.angles, voxel_size_nm=args.voxel_size, align=args.align,
+            tilt_axis_deg=args.tilt_axis, backend=args.backend, command=command,
         )
         return 0
     if args.command == "stem":

@@ -111,23 +111,39 @@ class Job:
 
 
 def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0, angles=None,
-         voxel_size_nm=None, backend="auto", command="", job: Job | None = None) -> Path | None:
-    """Reconstruct a tilt series file (or TiltSeries), optionally segment + quantify; write ``output``.
+         voxel_size_nm=None, align=False, tilt_axis_deg=0.0, backend="auto", command="",
+         job: Job | None = None) -> Path | None:
+    """Reconstruct a tilt series file (or TiltSeries), optionally aligned first (``align``: tilt
+    axis searched near ``tilt_axis_deg``, drift, centre) and segmented + quantified; write ``output``.
 
     With ``job`` given, the steps are added to that job and nothing is written here.
     """
+    from .reconstruction import align as find_alignment
     from .reconstruction import reconstruct
 
     params = {"tomo": {"input": str(input), "method": method, "iterations": iterations, "center": center,
-                       "segment": segment, "voxel_size_nm": voxel_size_nm}}
+                       "segment": segment, "voxel_size_nm": voxel_size_nm, "align": bool(align),
+                       "tilt_axis_deg": tilt_axis_deg}}
+    if align and center is not None:
+        raise InputError("give either align (which finds the centre) or center, not both")
     own = job is None
     job = job or Job(Path(output), command, params, backend)
     series = input if hasattr(input, "angles_deg") else io.read_tilt_series(Path(input), angles=angles)
     voxel = voxel_size_nm or series.pixel_size_nm or 1.0
+    geometry = {"center": center}
+    if align:
+        if not job.done("align"):
+            with job.step("align"):
+                found = find_alignment(series, tilt_axis_deg=tilt_axis_deg, backend=job.backend)
+                job.results.setdefault("tomo", {})["alignment"] = {
+                    "shifts": found.shifts, "@attrs": {"center": found.center, "tilt_axis_deg": found.tilt_axis_deg}}
+        found = job.results["tomo"]["alignment"]
+        geometry = {"shifts": np.asarray(found["shifts"]), "center": float(found["@attrs"]["center"]),
+                    "tilt_axis_deg": float(found["@attrs"]["tilt_axis_deg"])}
     if not job.done("reconstruct"):
         with job.step("reconstruct"):
             kw = {} if iterations is None else {"iterations": iterations}
-            volume = reconstruct(series, method=method, center=center, backend=job.backend, **kw)
+            volume = reconstruct(series, method=method, backend=job.backend, **geometry, **kw)
             job.results.setdefault("tomo", {})["volume"] = be.to_host(volume).astype(np.float32)
             job.results["tomo"]["@attrs"] = {"method": method, "voxel_size_nm": voxel}
     if segment:
@@ -316,6 +332,8 @@ def run_job(path, command: str = "") -> Path:
         backend = "auto"
         [tomo]
         input = "particle3_tilt.h5"
+        align = true
+        tilt_axis_deg = -3.0
         method = "sirt"
         iterations = 100
         segment = 4
@@ -360,7 +378,10 @@ def run_job(path, command: str = "") -> Path:
     return job.finish()
 
 
-DEMO_TILT = dict(shape=(64, 128, 128), angles=(-70.0, 70.0, 2.0), dose=2000.0, pixel_size_nm=0.8)
+# the microscope drifts (random walk, px per image), the rotation axis is off the detector centre
+# and the tilt axis is turned in the image: the demo aligns from a nominal axis of 0 degrees
+DEMO_TILT = dict(shape=(64, 128, 128), angles=(-70.0, 70.0, 2.0), dose=2000.0, pixel_size_nm=0.8,
+                 drift_px=0.8, center_offset_px=2.5, tilt_axis_deg=4.0)
 DEMO_SCAN = dict(scan_shape=(48, 48), detector_shape=(128, 128))
 
 
@@ -378,7 +399,10 @@ def demo(output="demo_out", backend: str = "auto", command: str = "tomostrain de
     density, _labels, truth = synthetic.sodiated_particle(DEMO_TILT["shape"], seed=0)
     lo, hi, step = DEMO_TILT["angles"]
     angles = np.arange(lo, hi + step / 2, step)
-    data, _ = synthetic.tilt_series(density, angles, dose=DEMO_TILT["dose"], seed=1)
+    shifts = np.cumsum(np.random.default_rng(3).normal(0.0, DEMO_TILT["drift_px"], (angles.size, 2)), 0)
+    data, tilt_truth = synthetic.tilt_series(density, angles, dose=DEMO_TILT["dose"], seed=1, shifts=shifts - shifts.mean(0),
+                                             center_offset=DEMO_TILT["center_offset_px"],
+                                             tilt_axis_deg=DEMO_TILT["tilt_axis_deg"])
     series = io.TiltSeries(data, angles, pixel_size_nm=DEMO_TILT["pixel_size_nm"],
                            meta={"source": "tomostrain.synthetic.sodiated_particle(seed=0)"})
     io.write_tilt_series(series, out / "tilt_series.h5")
@@ -388,22 +412,30 @@ def demo(output="demo_out", backend: str = "auto", command: str = "tomostrain de
     io.write_datacube(cube, out / "scan.h5", q_pixel_size=stem_truth["q_pixel_size"], scan_step_nm=2.0)
 
     job = Job(out / "results.h5", command, {"demo": {"tilt": DEMO_TILT, "scan": DEMO_SCAN}}, backend)
-    tomo(out / "tilt_series.h5", None, method="tv", segment=4, job=job)
+    tomo(out / "tilt_series.h5", None, method="tv", segment=4, align=True, job=job)
     stem(out / "scan.h5", None, job=job)
     path = job.finish()
     results = io.read_results(path)
     write_report(results, out / "report.html", title="tomostrain demo: sodiated NiO (synthetic)")
-    _print_scorecard(results, truth, stem_truth, job)
+    _print_scorecard(results, truth, tilt_truth, stem_truth, job)
     return path
 
 
-def _print_scorecard(results: dict, truth, stem_truth: dict, job: Job) -> None:
+def _print_scorecard(results: dict, truth, tilt_truth: dict, stem_truth: dict, job: Job) -> None:
     """Measured numbers next to the synthetic ground truth."""
     from rich.table import Table
+
+    from .reconstruction.alignment import shift_errors
 
     table = Table(title="demo scorecard: measured vs ground truth")
     for col in ("quantity", "measured", "truth"):
         table.add_column(col)
+    found = results["tomo"].get("alignment")
+    if found is not None:
+        a = float(found["@attrs"]["tilt_axis_deg"])
+        table.add_row("tilt axis (°)", f"{a:.2f}", f"{tilt_truth['tilt_axis_deg']:.2f}")
+        across, along = shift_errors(found["shifts"], tilt_truth["shifts"], tilt_truth["angles_deg"], a)
+        table.add_row("drift error across / along the axis (px)", f"{across:.2f} / {along:.2f}", "0")
     q = results["tomo"].get("quantify", {}).get("@attrs", {})
     fractions = _json(q.get("fractions", "{}"))
     names = {"shell": "Na2O-rich shell", "core": "NiO core", "particles": "Ni particles"}

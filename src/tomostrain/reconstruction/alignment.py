@@ -103,6 +103,20 @@ def align(series, angles_deg=None, *, tilt_axis_deg: float = 0.0, search_deg: fl
     return Alignment(shifts=shifts, center=(nx - 1) / 2.0, tilt_axis_deg=a)
 
 
+def shift_errors(found, true, angles_deg, tilt_axis_deg: float) -> tuple[float, float]:
+    """RMS differences (pixels) between two sets of raw-frame shifts ``(n, 2)``, across and along
+    the tilt axis, ignoring what only moves the whole object: a common shift along the axis, and
+    across it ``c + alpha cos(theta) + beta sin(theta)`` (the object moved in x and z)."""
+    a = np.radians(tilt_axis_deg)
+    diff = np.asarray(found, np.float64) - np.asarray(true, np.float64)
+    along = diff @ np.array([np.cos(a), -np.sin(a)])
+    across = diff @ np.array([np.sin(a), np.cos(a)])
+    th = np.radians(np.asarray(angles_deg, np.float64))
+    design = np.column_stack([np.ones_like(th), np.cos(th), np.sin(th)])
+    across = across - design @ np.linalg.lstsq(design, across, rcond=None)[0]
+    return float(np.sqrt(np.mean(across ** 2))), float(np.sqrt(np.mean((along - along.mean()) ** 2)))
+
+
 def _unpack(series, angles_deg):
     if hasattr(series, "data") and hasattr(series, "angles_deg"):
         if angles_deg is not None:
@@ -236,7 +250,7 @@ def _match_projections(img, angles, shifts, a_deg, iterations, xp):
     from .api import reconstruct
     from .projectors import project
 
-    aligned = align_projections(img, shifts, a_deg, order=1)
+    aligned = align_projections(img, shifts, a_deg, order=3)
     n, ny, nx = aligned.shape
     b = max(1, -(-max(ny, nx) // MATCH_SIZE))
     if b > 1:

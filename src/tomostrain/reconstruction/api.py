@@ -69,7 +69,9 @@ def reconstruct(series, method="fbp", angles_deg=None, center=None, shifts=None,
     where = _backend.resolve(backend)
     fourier = method in ("fbp", "gridrec")
     if geo.needs_resampling or (fourier and geo.shifts is not None):
-        data = align_projections(data, geo.shifts, geo.tilt_axis_deg)
+        # cubic: linear interpolation smooths the data unevenly (by the fractional shift), which
+        # moves the grey-level histogram enough to shift multi-Otsu phase thresholds
+        data = align_projections(data, geo.shifts, geo.tilt_axis_deg, order=3)
         geo = geo.aligned()
     n_x = int(options.pop("n_x", n_cols))
     if method in DEFAULT_ITERATIONS:
