@@ -136,7 +136,8 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
             with job.step("align"):
                 found = find_alignment(series, tilt_axis_deg=tilt_axis_deg, backend=job.backend)
                 job.results.setdefault("tomo", {})["alignment"] = {
-                    "shifts": found.shifts, "@attrs": {"center": found.center, "tilt_axis_deg": found.tilt_axis_deg}}
+                    "shifts": found.shifts, "angles_deg": np.asarray(series.angles_deg, np.float64),
+                    "@attrs": {"center": found.center, "tilt_axis_deg": found.tilt_axis_deg}}
         found = job.results["tomo"]["alignment"]
         geometry = {"shifts": np.asarray(found["shifts"]), "center": float(found["@attrs"]["center"]),
                     "tilt_axis_deg": float(found["@attrs"]["tilt_axis_deg"])}

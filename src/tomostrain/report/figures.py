@@ -1,4 +1,4 @@
-"""Matplotlib figures of a result tree: orthoslices, labels, depth profile, virtual images,
+"""Matplotlib figures of a result tree: alignment, orthoslices, labels, depth profile, virtual images,
 strain maps, phase map. Each figure is returned as ``(title, matplotlib.figure.Figure)``.
 
 Images are drawn with row 0 at the top (``imshow`` default), the convention under which a
@@ -18,6 +18,8 @@ def result_figures(results: dict) -> list[tuple[str, object]]:
     matplotlib.use("Agg", force=False)
     figs = []
     tomo = results.get("tomo", {})
+    if "shifts" in tomo.get("alignment", {}):
+        figs.append(("Alignment: shift of each projection", _alignment(tomo["alignment"])))
     if "volume" in tomo:
         figs.append(("Reconstruction: orthoslices through the centre", _orthoslices(tomo["volume"], "gray")))
     if "labels" in tomo:
@@ -50,6 +52,23 @@ def _orthoslices(volume, cmap):
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
+    return fig
+
+
+def _alignment(alignment: dict):
+    import matplotlib.pyplot as plt
+
+    shifts = np.asarray(alignment["shifts"])
+    angles = np.asarray(alignment.get("angles_deg", np.arange(len(shifts))))
+    attrs = alignment.get("@attrs", {})
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), constrained_layout=True)
+    ax.plot(angles, shifts[:, 0], marker=".", label="dy")
+    ax.plot(angles, shifts[:, 1], marker=".", label="dx")
+    ax.set_xlabel("tilt angle (degrees)" if "angles_deg" in alignment else "projection")
+    ax.set_ylabel("shift (pixels, raw frame)")
+    ax.set_title(f"tilt axis {float(attrs.get('tilt_axis_deg', 0.0)):.2f}°, "
+                 f"centre column {float(attrs.get('center', float('nan'))):.1f}", fontsize=9)
+    ax.legend()
     return fig
 
 
