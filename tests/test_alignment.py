@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 from scipy import ndimage
+from skimage.registration import phase_cross_correlation
 
 from tomostrain.errors import GeometryError, InputError
 from tomostrain.reconstruction import Alignment, align, align_projections, reconstruct
@@ -51,12 +52,10 @@ def test_shift_errors_ignore_only_moves_of_the_whole_object():
 
 
 def registered_rmse(volume, density):
-    """RMSE against the phantom after a sub-voxel registration and a least-squares intensity scale."""
-    fv, fd = np.fft.fftn(volume), np.fft.fftn(density)
-    corr = np.abs(np.fft.ifftn(fd * np.conj(fv)))
-    peak = np.array(np.unravel_index(np.argmax(corr), corr.shape), float)
-    peak = np.where(peak > np.array(corr.shape) / 2, peak - corr.shape, peak)
-    moved = ndimage.shift(volume, peak, order=1)
+    """RMSE against the phantom after a sub-voxel registration (phase correlation, 1/10 voxel,
+    cubic shift) and a least-squares intensity scale."""
+    shift, _, _ = phase_cross_correlation(density, volume, upsample_factor=10)
+    moved = ndimage.shift(volume, shift, order=3)
     scale = (moved * density).sum() / (moved * moved).sum()
     return float(np.sqrt(np.mean((scale * moved - density) ** 2)))
 
@@ -74,7 +73,8 @@ def test_recovers_tilt_axis_drift_and_centre(drifting):
     true = reconstruct(data, method="sirt", angles_deg=ANGLES, iterations=50, shifts=truth["shifts"],
                        tilt_axis_deg=TILT_AXIS, center=truth["center"])
     none = reconstruct(data, method="sirt", angles_deg=ANGLES, iterations=50)
-    assert registered_rmse(ours, density) <= 1.05 * registered_rmse(true, density)
+    assert registered_rmse(ours, density) <= 1.05 * registered_rmse(true, density), (
+        registered_rmse(ours, density), registered_rmse(true, density))
     assert registered_rmse(none, density) > 1.3 * registered_rmse(true, density)
 
 
