@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import GeometryError, InputError
+from ..errors import InputError
 from ..gpu_core import backend as _backend
-from .geometry import _rotation, align_projections, check_series
+from .geometry import _rotation, align_projections, unpack_series
 
 _GRID_STEP_DEG = 0.5
 MATCH_SIZE = 256     # projection matching works on projections binned to at most this size
@@ -73,12 +73,8 @@ def align(series, angles_deg=None, *, tilt_axis_deg: float = 0.0, search_deg: fl
 
     Returns an ``Alignment`` (shifts on the host).
     """
-    data, angles = _unpack(series, angles_deg)
-    check_series(data, "tilt series")
+    data, angles = unpack_series(series, angles_deg)
     n, ny, nx = data.shape
-    angles = np.asarray(_backend.to_host(angles), dtype=np.float64).ravel()
-    if angles.size != n:
-        raise GeometryError(f"{angles.size} angles given for {n} projections; expected one angle per projection")
     if n < 3:
         raise InputError(f"alignment needs at least 3 projections, got {n}")
     if not (0.0 <= search_deg < 90.0) or not np.isfinite(tilt_axis_deg):
@@ -115,16 +111,6 @@ def shift_errors(found, true, angles_deg, tilt_axis_deg: float) -> tuple[float, 
     design = np.column_stack([np.ones_like(th), np.cos(th), np.sin(th)])
     across = across - design @ np.linalg.lstsq(design, across, rcond=None)[0]
     return float(np.sqrt(np.mean(across ** 2))), float(np.sqrt(np.mean((along - along.mean()) ** 2)))
-
-
-def _unpack(series, angles_deg):
-    if hasattr(series, "data") and hasattr(series, "angles_deg"):
-        if angles_deg is not None:
-            raise GeometryError("angles_deg given twice: the series already carries .angles_deg")
-        return series.data, series.angles_deg
-    if angles_deg is None:
-        raise GeometryError("an array series needs angles_deg= (degrees, one per projection)")
-    return series, angles_deg
 
 
 def _border_median(img, xp):

@@ -17,26 +17,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GeometryError, InputError
+from ..errors import InputError
 from ..gpu_core import backend as _backend
 from ..gpu_core import chunks
-from .geometry import TiltGeometry, align_projections, check_series
+from .geometry import TiltGeometry, align_projections, unpack_series
 
 METHODS = ("fbp", "gridrec", "sirt", "cgls", "os_sart", "tv", "dart")
 DEFAULT_ITERATIONS = {"sirt": 100, "cgls": 30, "os_sart": 10, "tv": 200, "dart": 20}
 # working set per slice, in float32 volume slices and sinograms (inputs, outputs, temporaries)
 _WORK = {"fbp": (2, 4), "gridrec": (4, 6), "sirt": (4, 4), "cgls": (5, 4), "os_sart": (4, 4),
          "tv": (8, 5), "dart": (7, 5)}
-
-
-def _unpack(series, angles_deg):
-    if hasattr(series, "data") and hasattr(series, "angles_deg"):
-        if angles_deg is not None:
-            raise GeometryError("angles_deg given twice: the series already carries .angles_deg")
-        return series.data, series.angles_deg
-    if angles_deg is None:
-        raise GeometryError("an array series needs angles_deg= (degrees, one per projection)")
-    return series, angles_deg
 
 
 def reconstruct(series, method="fbp", angles_deg=None, center=None, shifts=None, tilt_axis_deg=0.0,
@@ -57,12 +47,8 @@ def reconstruct(series, method="fbp", angles_deg=None, center=None, shifts=None,
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
-    data, angles = _unpack(series, angles_deg)
-    check_series(data, "tilt series")
+    data, angles = unpack_series(series, angles_deg)
     n_angles, n_rows, n_cols = data.shape
-    angles = np.asarray(_backend.to_host(angles), dtype=np.float64).ravel()
-    if angles.size != n_angles:
-        raise GeometryError(f"{angles.size} angles given for {n_angles} projections; expected one angle per projection")
     geo = TiltGeometry(angles, n_rows, n_cols, center=center, shifts=shifts, tilt_axis_deg=tilt_axis_deg)
     if "x0" in options:
         raise InputError("reconstruct does not take x0; call the method (e.g. sirt) directly")

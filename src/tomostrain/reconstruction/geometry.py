@@ -117,6 +117,25 @@ def check_series(data, what: str = "projections") -> None:
         raise InputError(f"{what} contains NaN or Inf; expected finite values")
 
 
+def unpack_series(series, angles_deg):
+    """Checked ``(data, angles)`` of a TiltSeries (``.data``, ``.angles_deg``) or of a data array
+    given with ``angles_deg``: the angles from exactly one of the two, one per projection, as a
+    float64 host array in degrees."""
+    if hasattr(series, "data") and hasattr(series, "angles_deg"):
+        if angles_deg is not None:
+            raise GeometryError("angles_deg given twice: the series already carries .angles_deg")
+        data, angles_deg = series.data, series.angles_deg
+    elif angles_deg is None:
+        raise GeometryError("an array series needs angles_deg= (degrees, one per projection)")
+    else:
+        data = series
+    check_series(data, "tilt series")
+    angles = np.asarray(backend.to_host(angles_deg), dtype=np.float64).ravel()
+    if angles.size != data.shape[0]:
+        raise GeometryError(f"{angles.size} angles given for {data.shape[0]} projections; expected one angle per projection")
+    return data, angles
+
+
 def _ndimage(xp):
     if xp is np:
         from scipy import ndimage
