@@ -138,3 +138,15 @@ def test_aligned_pipeline_keeps_the_phase_fractions(drifting, tmp_path):
     fractions = json.loads(fractions) if isinstance(fractions, str) else fractions
     for key in ("shell", "core", "particles"):
         assert abs(fractions[key] - truth.fractions[key]) < 0.03, (fractions, truth.fractions)
+
+
+@pytest.mark.gpu
+def test_gpu_alignment_equals_cpu(drifting):
+    import cupy as cp
+
+    _, data, _ = drifting
+    cpu = align(data, ANGLES, refine=1)
+    gpu = align(cp.asarray(data), ANGLES, refine=1)
+    assert abs(gpu.tilt_axis_deg - cpu.tilt_axis_deg) < 0.02
+    assert max(shift_errors(gpu.shifts, cpu.shifts, ANGLES, cpu.tilt_axis_deg)) < 0.02
+    np.testing.assert_allclose(gpu.shifts, cpu.shifts, atol=0.05)
