@@ -78,6 +78,15 @@ def test_recovers_tilt_axis_drift_and_centre(drifting):
     assert registered_rmse(none, density) > 1.3 * registered_rmse(true, density)
 
 
+def test_tilt_axis_search_on_binned_projections(drifting, monkeypatch):
+    """Projections over MATCH_SIZE pixels are searched for the tilt axis binned (here 2 x 2)."""
+    _, data, truth = drifting
+    monkeypatch.setattr(alignment_module, "MATCH_SIZE", 64)
+    found = align(data, ANGLES, refine=0)
+    assert abs(found.tilt_axis_deg - TILT_AXIS) < 0.1
+    assert max(gauge_free_errors(found.shifts, truth["shifts"], TILT_AXIS)) < 0.1
+
+
 def test_projection_matching_corrects_mass_leaving_the_field_of_view(drifting, monkeypatch):
     """Cropped detector: at high tilt part of the particle leaves the field of view and biases the
     centre of mass; rounds of projection matching (here on 2x-binned projections) reduce the error."""

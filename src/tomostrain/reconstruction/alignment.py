@@ -35,7 +35,7 @@ from ..gpu_core import backend as _backend
 from .geometry import _rotation, align_projections, unpack_series
 
 _GRID_STEP_DEG = 0.5
-MATCH_SIZE = 256     # projection matching works on projections binned to at most this size
+MATCH_SIZE = 256     # the tilt-axis search and projection matching bin projections to this size
 
 
 @dataclass
@@ -88,7 +88,7 @@ def align(series, angles_deg=None, *, tilt_axis_deg: float = 0.0, search_deg: fl
     img = img - _border_median(img, xp)[:, None, None]   # vacuum to zero
 
     if find_tilt_axis and search_deg > 0:
-        a = _find_tilt_axis(img, float(tilt_axis_deg), float(search_deg), xp)
+        a = _find_tilt_axis(_binned(img, _bin_factor(img))[0], float(tilt_axis_deg), float(search_deg), xp)
     else:
         a = float(tilt_axis_deg)
     along = _shifts_along_axis(_axis_profiles(img, a, xp), xp)
@@ -231,24 +231,33 @@ def _raw_shifts(along, across, a_deg):
 
 def _match_projections(img, angles, shifts, a_deg, iterations, xp):
     """One round of projection matching: shifts moving each aligned projection onto the
-    reprojection of a SIRT reconstruction (module docstring, step 3). Projections larger than
-    ``MATCH_SIZE`` pixels are matched binned by an integer factor."""
+    reprojection of a SIRT reconstruction (module docstring, step 3), on projections binned to at
+    most ``MATCH_SIZE`` pixels."""
     from .api import reconstruct
     from .projectors import project
 
-    aligned = align_projections(img, shifts, a_deg, order=3)
-    n, ny, nx = aligned.shape
-    b = max(1, -(-max(ny, nx) // MATCH_SIZE))
-    if b > 1:
-        aligned = aligned[:, : ny // b * b, : nx // b * b].reshape(n, ny // b, b, nx // b, b).mean(axis=(2, 4))
-    volume = reconstruct(aligned, method="sirt", angles_deg=angles, iterations=iterations,
-                         center=(nx - 1) / (2.0 * b) - (b - 1) / (2.0 * b),
+    aligned, b = _binned(align_projections(img, shifts, a_deg, order=3), _bin_factor(img))
+    center = (img.shape[2] - b) / (2.0 * b)         # the image centre column, in binned pixels
+    volume = reconstruct(aligned, method="sirt", angles_deg=angles, iterations=iterations, center=center,
                          backend="gpu" if _backend.is_gpu_array(aligned) else "cpu")
-    reproj = project(volume, angles, center=(nx - 1) / (2.0 * b) - (b - 1) / (2.0 * b))
+    reproj = project(volume, angles, center=center)
     delta = b * _shift_2d(aligned, reproj, xp)      # aligned(p + delta) ~ reproj(p), full pixels
     delta[:, 0] -= delta[:, 0].mean()               # the common shift along the axis stays zero
     rot = _rotation(a_deg)
     return shifts + delta @ rot.T                   # aligned'(p) = raw(R (p + delta) + s)
+
+
+def _bin_factor(img) -> int:
+    """Integer binning that brings the projections to at most ``MATCH_SIZE`` pixels a side."""
+    return max(1, -(-max(img.shape[1:]) // MATCH_SIZE))
+
+
+def _binned(img, b):
+    """``(img binned b x b (mean, trailing pixels dropped), b)``."""
+    if b == 1:
+        return img, 1
+    n, ny, nx = img.shape
+    return img[:, : ny // b * b, : nx // b * b].reshape(n, ny // b, b, nx // b, b).mean(axis=(2, 4)), b
 
 
 def _shift_2d(images, references, xp):
