@@ -106,3 +106,18 @@ def test_choose_lattice_vectors_from_the_bragg_vector_map(rng):
     lonely = make_peaks(origins, [G1] * n, [G2] * n, hk=[(0, 0), (1, 0), (-1, 0)])
     with pytest.raises(CalibrationError, match="one line"):
         choose_lattice_vectors(lonely, None)
+
+
+def test_no_peaks_and_an_empty_region_give_nan_maps_or_a_clear_error(rng):
+    """A scan with no peaks fits to NaN everywhere (on the GPU too: the sums tolerate empty
+    tables); a reference region with no indexed spots raises instead of returning NaN vectors."""
+    empty = np.zeros(0, np.float32)
+    none = BraggPeaks(empty, empty, empty, np.zeros(5, np.int64), (2, 2))
+    fit = fit_lattice(none, np.zeros((2, 2, 2)), G1, G2)
+    assert np.isnan(fit.g1).all() and np.isnan(fit.g2).all()
+    assert (fit.n_peaks == 0).all()
+    n = 16
+    origins = 64 + rng.normal(0, 0.5, (n, 2))
+    peaks = make_peaks(origins, [G1] * n, [G2] * n, hk=[(h, k) for h in range(-2, 3) for k in range(-2, 3)])
+    with pytest.raises(CalibrationError, match="Bragg"):
+        choose_lattice_vectors(peaks, origins.reshape(4, 4, 2), mask=np.zeros((4, 4), bool))

@@ -130,3 +130,12 @@ def parse_bytes(text: str) -> int:
     if text and text[-1] in scale:
         return int(float(text[:-1]) * scale[text[-1]])
     return int(text)
+
+
+def bincount(x, weights=None, minlength: int = 0):
+    """``xp.bincount`` that also takes an empty ``x`` on the GPU (CuPy's needs a maximum)."""
+    xp = xp_of(x)
+    if x.size == 0:
+        dtype = xp.int64 if weights is None else xp.result_type(weights.dtype, xp.float64)
+        return xp.zeros(minlength, dtype)
+    return xp.bincount(x, weights=weights, minlength=minlength)

@@ -70,13 +70,13 @@ def run_chunked(
 
 
 def _is_oom(exc: BaseException) -> bool:
-    """CuPy's OutOfMemoryError, a CUDA runtime out-of-memory error, or a CUDA library's workspace
+    """CuPy's OutOfMemoryError, a CUDA runtime or driver (Numba launch) out-of-memory error, or a CUDA library's workspace
     allocation failure (cuFFT plans: ``CuFFTError: CUFFT_ALLOC_FAILED``; cuBLAS, cuSOLVER alike)."""
     name, text = type(exc).__name__, str(exc).upper()
     if name == "OutOfMemoryError":
         return True
-    if name == "CUDARuntimeError":
-        return "MEMORY" in text
+    if name in ("CUDARuntimeError", "CudaAPIError"):     # CuPy's runtime, Numba's driver API
+        return "MEMORY" in text or "OUT_OF_RESOURCES" in text
     return isinstance(exc, RuntimeError) and "ALLOC_FAILED" in text
 
 

@@ -159,7 +159,8 @@ def _stream_through_gpu(data, run, n_rows, n_x, per_slice, budget):
     def process(sl):
         key = (sl.start, sl.stop)
         if key not in pending:
-            pending.clear()  # a retry with smaller chunks: prefetches no longer match
+            copy_stream.synchronize()  # a retry with smaller chunks: let prefetches land, then drop them
+            pending.clear()
             upload(sl)
         dev, event, _ = pending.pop(key)
         cupy.cuda.get_current_stream().wait_event(event)

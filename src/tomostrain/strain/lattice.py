@@ -161,7 +161,7 @@ def bragg_vector_map(peaks: BraggPeaks, origin, *, shape, mask=None, weights="in
     y0, x0 = y0.astype(xp.int64), x0.astype(xp.int64)
     out = xp.zeros(ny * nx)
     for dy, dx, share in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
-        out += xp.bincount((y0 + dy) * nx + x0 + dx, weights=w * share, minlength=ny * nx)
+        out += _backend.bincount((y0 + dy) * nx + x0 + dx, weights=w * share, minlength=ny * nx)
     return out.reshape(ny, nx)
 
 
@@ -209,15 +209,19 @@ def choose_lattice_vectors(peaks: BraggPeaks, origin=None, *, mask=None, shape=N
         ok &= xp.asarray(mask, dtype=bool).reshape(-1)[pos]
     w = xp.where(ok, _weights(peaks, "intensity", xp), 0.0)
     # one shared g1, g2 with a free origin per position: subtract each position's weighted means
-    sw = xp.bincount(pos, weights=w, minlength=n_pos)
+    sw = _backend.bincount(pos, weights=w, minlength=n_pos)
     safe = xp.where(sw > 0, sw, 1.0)
-    hc = h - (xp.bincount(pos, weights=w * h, minlength=n_pos) / safe)[pos]
-    kc = k - (xp.bincount(pos, weights=w * k, minlength=n_pos) / safe)[pos]
-    yc = peaks.qy - (xp.bincount(pos, weights=w * peaks.qy, minlength=n_pos) / safe)[pos]
-    xc = peaks.qx - (xp.bincount(pos, weights=w * peaks.qx, minlength=n_pos) / safe)[pos]
+    hc = h - (_backend.bincount(pos, weights=w * h, minlength=n_pos) / safe)[pos]
+    kc = k - (_backend.bincount(pos, weights=w * k, minlength=n_pos) / safe)[pos]
+    yc = peaks.qy - (_backend.bincount(pos, weights=w * peaks.qy, minlength=n_pos) / safe)[pos]
+    xc = peaks.qx - (_backend.bincount(pos, weights=w * peaks.qx, minlength=n_pos) / safe)[pos]
     M = xp.asarray([[(w * hc * hc).sum(), (w * hc * kc).sum()], [(w * hc * kc).sum(), (w * kc * kc).sum()]])
     R = xp.asarray([[(w * hc * yc).sum(), (w * hc * xc).sum()], [(w * kc * yc).sum(), (w * kc * xc).sum()]])
-    sol = _backend.to_host(xp.linalg.solve(M, R))
+    M = _backend.to_host(M)
+    if not abs(np.linalg.det(M)) > 1e-12 * max(float(np.abs(M).max()), 1e-300):
+        raise CalibrationError("too few indexed Bragg spots in the chosen region to fit g1 and g2 "
+                               "(none, or all on one lattice line): widen the mask or lower the thresholds")
+    sol = np.linalg.solve(M, _backend.to_host(R))
     return sol[0], sol[1]
 
 
@@ -228,7 +232,7 @@ def _solve(peaks, h, k, w, min_peaks, n_pos, xp):
     qy, qx = peaks.qy.astype(xp.float64), peaks.qx.astype(xp.float64)
 
     def seg(values):
-        return xp.bincount(pos, weights=values, minlength=n_pos)
+        return _backend.bincount(pos, weights=values, minlength=n_pos)
 
     s1, sh, sk = seg(w), seg(w * hf), seg(w * kf)
     shh, shk, skk = seg(w * hf * hf), seg(w * hf * kf), seg(w * kf * kf)

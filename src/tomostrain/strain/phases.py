@@ -104,7 +104,7 @@ def radial_profiles(cube, origin, ellipse=None, *, r_min: float, r_max: float, b
         b = xp.floor(xp.hypot(dy, dx) - r_min).astype(xp.int64)
         b = xp.where((b >= 0) & (b < nbins), b, nbins)          # overflow bin, dropped
         b += (xp.arange(n) * (nbins + 1))[:, None, None]
-        hist = xp.bincount(b.ravel(), weights=chunk.reshape(-1).astype(xp.float64), minlength=n * (nbins + 1))
+        hist = _backend.bincount(b.ravel(), weights=chunk.reshape(-1).astype(xp.float64), minlength=n * (nbins + 1))
         out[sl] = hist.reshape(sl.stop - sl.start, sx, nbins + 1)[..., :nbins]
     return out
 
@@ -217,10 +217,10 @@ def _from_peaks(peaks, origin, ellipse, disk_radius):
         b = base + j
         w = inten * xp.sqrt(xp.clip(radius**2 - (r_min + b + 0.5 - rho) ** 2, 0.0, None))
         b = xp.where((b >= 0) & (b < nbins) & outside, b, nbins)
-        hist += xp.bincount(pos * (nbins + 1) + b, weights=w, minlength=hist.size)
+        hist += _backend.bincount(pos * (nbins + 1) + b, weights=w, minlength=hist.size)
     prof = hist.reshape(sy, sx, nbins + 1)[..., :nbins]
-    all_int = xp.bincount(pos, weights=inten, minlength=sy * sx)
-    far = xp.bincount(pos, weights=xp.where(outside, inten, 0.0), minlength=sy * sx)
+    all_int = _backend.bincount(pos, weights=inten, minlength=sy * sx)
+    far = _backend.bincount(pos, weights=xp.where(outside, inten, 0.0), minlength=sy * sx)
     scattered = (far / xp.where(all_int > 0, all_int, 1.0)).reshape(sy, sx)
     return prof, scattered, radius, r_min, r_max, (sy, sx), xp
 
