@@ -1,5 +1,5 @@
 """Chunk planning and the out-of-memory retry of ``run_chunked`` (no GPU needed: the errors are
-stand-ins with the names and messages CuPy's and cuFFT's errors carry)."""
+stand-ins with the names and messages CuPy's, cuFFT's and Numba's errors carry)."""
 import numpy as np
 import pytest
 
@@ -14,8 +14,14 @@ class CuFFTError(RuntimeError):  # cupy.cuda.cufft.CuFFTError
     pass
 
 
+class CudaAPIError(Exception):  # numba.cuda.cudadrv.driver.CudaAPIError, raised by a kernel launch
+    pass
+
+
 @pytest.mark.parametrize("error", [OutOfMemoryError("Out of memory allocating 1,024 bytes"),
-                                   CuFFTError("CUFFT_ALLOC_FAILED")], ids=["pool", "cufft-plan"])
+                                   CuFFTError("CUFFT_ALLOC_FAILED"),
+                                   CudaAPIError("[701] Call to cuLaunchKernel results in CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES")],
+                         ids=["pool", "cufft-plan", "numba-launch"])
 def test_gpu_out_of_memory_halves_the_chunk_and_retries(error):
     seen = []
 
