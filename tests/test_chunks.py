@@ -14,13 +14,13 @@ class CuFFTError(RuntimeError):  # cupy.cuda.cufft.CuFFTError
     pass
 
 
-class CudaAPIError(Exception):  # numba.cuda.cudadrv.driver.CudaAPIError, raised by a kernel launch
+class CudaAPIError(Exception):  # numba.cuda.cudadrv.driver.CudaAPIError (Numba's allocations, launches)
     pass
 
 
 @pytest.mark.parametrize("error", [OutOfMemoryError("Out of memory allocating 1,024 bytes"),
                                    CuFFTError("CUFFT_ALLOC_FAILED"),
-                                   CudaAPIError("[701] Call to cuLaunchKernel results in CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES")],
+                                   CudaAPIError("[2] Call to cuMemAlloc results in CUDA_ERROR_OUT_OF_MEMORY")],
                          ids=["pool", "cufft-plan", "numba-launch"])
 def test_gpu_out_of_memory_halves_the_chunk_and_retries(error):
     seen = []

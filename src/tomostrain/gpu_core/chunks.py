@@ -76,7 +76,7 @@ def _is_oom(exc: BaseException) -> bool:
     if name == "OutOfMemoryError":
         return True
     if name in ("CUDARuntimeError", "CudaAPIError"):     # CuPy's runtime, Numba's driver API
-        return "MEMORY" in text or "OUT_OF_RESOURCES" in text
+        return "MEMORY" in text
     return isinstance(exc, RuntimeError) and "ALLOC_FAILED" in text
 
 
