@@ -21,7 +21,7 @@ class CudaAPIError(Exception):  # numba.cuda.cudadrv.driver.CudaAPIError (Numba'
 @pytest.mark.parametrize("error", [OutOfMemoryError("Out of memory allocating 1,024 bytes"),
                                    CuFFTError("CUFFT_ALLOC_FAILED"),
                                    CudaAPIError("[2] Call to cuMemAlloc results in CUDA_ERROR_OUT_OF_MEMORY")],
-                         ids=["pool", "cufft-plan", "numba-launch"])
+                         ids=["pool", "cufft-plan", "numba-alloc"])
 def test_gpu_out_of_memory_halves_the_chunk_and_retries(error):
     seen = []
 
