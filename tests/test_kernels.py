@@ -64,15 +64,39 @@ _WARPS: dict = {}
 _WARPS_LOCK = threading.Lock()
 
 
+def _locked_shared_array(original):
+    """``cuda.shared.array`` for the simulator without its first-use race: it looks the array up by
+    the calling line and creates it if missing, unlocked, so two simulated threads switching
+    between the look-up and the store get two different "shared" arrays."""
+    import traceback
+
+    from numba.core import types
+    from numba.np import numpy_support
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:
+            return original(self, shape, dtype, alignment)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        caller = traceback.extract_stack(sys._getframe())[-2][0:2]
+        with _WARPS_LOCK:
+            if caller not in self._allocations:
+                self._allocations[caller] = np.empty(shape, dtype)
+            return self._allocations[caller]
+
+    return array
+
+
 @pytest.mark.sim
 @pytest.mark.skipif(not SIMULATED, reason="needs NUMBA_ENABLE_CUDASIM=1 before numba is imported")
 @pytest.mark.parametrize("kernel", ALL, ids=[k.name for k in ALL])
 def test_simulated_kernel_equals_cpu_twin(kernel, monkeypatch):
-    from numba.cuda.simulator.kernelapi import FakeCUDAModule
+    from numba.cuda.simulator.kernelapi import FakeCUDAModule, FakeCUDAShared
 
     if not hasattr(FakeCUDAModule, "shfl_xor_sync"):
         monkeypatch.setattr(FakeCUDAModule, "shfl_xor_sync", _simulated_shfl_xor_sync, raising=False)
         _WARPS.clear()
+    monkeypatch.setattr(FakeCUDAShared, "array", _locked_shared_array(FakeCUDAShared.array))
     launch, want, rtol, atol = kernel.sim_case(np.random.default_rng(7))
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)      # simulated threads hand over at every barrier: switch at once
