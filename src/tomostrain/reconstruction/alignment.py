@@ -167,13 +167,20 @@ def _fourier_shift_1d(profiles, d, xp):
     return xp.fft.irfft(spec, m)[:, :length]
 
 
-def _shifts_along_axis(profiles, xp):
-    """Each profile's shift along the axis (pixels, mean zero): moved onto the mean of the
-    others, twice (the first reference is the median profile)."""
+def _register_profiles(profiles, xp):
+    """Move the axis profiles onto one another: each onto the mean of the moved profiles, twice
+    (the first reference is the median profile). Returns ``(shifts, moved profiles, reference)``."""
     reference = xp.median(profiles, axis=0)
     for _ in range(2):
         d = _shift_1d(profiles, reference, xp)
-        reference = _fourier_shift_1d(profiles, d, xp).mean(axis=0)
+        moved = _fourier_shift_1d(profiles, d, xp)
+        reference = moved.mean(axis=0)
+    return d, moved, reference
+
+
+def _shifts_along_axis(profiles, xp):
+    """Each profile's shift along the axis (pixels, mean zero)."""
+    d, _, reference = _register_profiles(profiles, xp)
     d = _shift_1d(profiles, reference, xp)
     return _backend.to_host(d - d.mean()).astype(np.float64)
 
@@ -181,13 +188,7 @@ def _shifts_along_axis(profiles, xp):
 def _profile_spread(img, a_deg, xp) -> float:
     """How far the axis profiles at angle ``a`` are from one curve once their shifts are undone
     (residual energy over total energy)."""
-    profiles = _axis_profiles(img, a_deg, xp)
-    moved = profiles
-    reference = xp.median(profiles, axis=0)
-    for _ in range(2):
-        d = _shift_1d(profiles, reference, xp)
-        moved = _fourier_shift_1d(profiles, d, xp)
-        reference = moved.mean(axis=0)
+    _, moved, reference = _register_profiles(_axis_profiles(img, a_deg, xp), xp)
     return float(((moved - reference[None, :]) ** 2).sum() / ((moved ** 2).sum() + 1e-300))
 
 
