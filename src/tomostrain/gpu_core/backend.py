@@ -136,6 +136,5 @@ def bincount(x, weights=None, minlength: int = 0):
     """``xp.bincount`` that also takes an empty ``x`` on the GPU (CuPy's needs a maximum)."""
     xp = xp_of(x)
     if x.size == 0:
-        dtype = xp.int64 if weights is None else xp.result_type(weights.dtype, xp.float64)
-        return xp.zeros(minlength, dtype)
+        return xp.zeros(minlength, xp.int64 if weights is None else xp.float64)
     return xp.bincount(x, weights=weights, minlength=minlength)

@@ -70,8 +70,9 @@ def run_chunked(
 
 
 def _is_oom(exc: BaseException) -> bool:
-    """CuPy's OutOfMemoryError, a CUDA runtime or driver (Numba launch) out-of-memory error, or a CUDA library's workspace
-    allocation failure (cuFFT plans: ``CuFFTError: CUFFT_ALLOC_FAILED``; cuBLAS, cuSOLVER alike)."""
+    """CuPy's OutOfMemoryError, an out-of-memory error of the CUDA runtime (CuPy) or driver
+    (Numba), or a CUDA library's workspace allocation failure (cuFFT plans:
+    ``CuFFTError: CUFFT_ALLOC_FAILED``; cuBLAS, cuSOLVER alike)."""
     name, text = type(exc).__name__, str(exc).upper()
     if name == "OutOfMemoryError":
         return True

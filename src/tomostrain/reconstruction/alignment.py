@@ -151,11 +151,18 @@ def _shift_1d(profiles, reference, xp):
     corr = xp.fft.irfft(xp.fft.rfft(profiles, m) * xp.conj(xp.fft.rfft(reference, m))[None, :], m)
     k = xp.argmax(corr, axis=1)
     rows = xp.arange(n)
-    c0, cm, cp = corr[rows, k], corr[rows, (k - 1) % m], corr[rows, (k + 1) % m]
+    return _peak_lag(k, m, lambda i: corr[rows, i % m], xp)
+
+
+def _peak_lag(k, size, value_at, xp):
+    """Sub-pixel lag of a correlation peak found at integer index ``k`` on a periodic axis of
+    ``size`` (``value_at(i)`` reads the correlation at index ``i``): vertex of the parabola through
+    the peak and its neighbours, wrapped to ``(-size / 2, size / 2]``."""
+    c0, cm, cp = value_at(k), value_at(k - 1), value_at(k + 1)
     den = cm - 2.0 * c0 + cp
     off = xp.where(den < 0, 0.5 * (cm - cp) / xp.where(den < 0, den, -1.0), 0.0)
     d = k + xp.clip(off, -0.5, 0.5)
-    return xp.where(d > m / 2, d - m, d)
+    return xp.where(d > size / 2, d - size, d)
 
 
 def _fourier_shift_1d(profiles, d, xp):
@@ -272,15 +279,9 @@ def _shift_2d(images, references, xp):
     flat = xp.argmax(corr.reshape(n, -1), axis=1)
     ky, kx = flat // (2 * nx), flat % (2 * nx)
     rows = xp.arange(n)
-    out = []
-    for k, size, pick in ((ky, 2 * ny, lambda i: corr[rows, i % (2 * ny), kx]),
-                          (kx, 2 * nx, lambda i: corr[rows, ky, i % (2 * nx)])):
-        c0, cm, cp = pick(k), pick(k - 1), pick(k + 1)
-        den = cm - 2.0 * c0 + cp
-        off = xp.where(den < 0, 0.5 * (cm - cp) / xp.where(den < 0, den, -1.0), 0.0)
-        d = k + xp.clip(off, -0.5, 0.5)
-        out.append(xp.where(d > size / 2, d - size, d))
-    return _backend.to_host(xp.stack(out, 1)).astype(np.float64)
+    dy = _peak_lag(ky, 2 * ny, lambda i: corr[rows, i % (2 * ny), kx], xp)
+    dx = _peak_lag(kx, 2 * nx, lambda i: corr[rows, ky, i % (2 * nx)], xp)
+    return _backend.to_host(xp.stack([dy, dx], 1)).astype(np.float64)
 
 
 def _tukey(n, xp, alpha=0.25):

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import CalibrationError, InputError
 from ..gpu_core import backend as _backend
-from .virtual import array_module, as_cube
+from .virtual import array_module, as_cube, detector_box
 
 
 def probe_template(cube_or_image, region="auto", *, fraction: float = 0.05, backend: str | None = None):
@@ -69,14 +69,11 @@ def _measure_origin(cube, xp):
     (c0,), radius = _disk_centres(mean[None], xp, with_radius=True)
     # both windows lie inside the box c0 +- (3 radius + 6): only that crop of each pattern is read
     half = int(np.ceil(3.0 * radius + 7.0))
-    y0, x0 = (max(0, int(np.floor(float(c))) - half) for c in c0)
-    y1, x1 = min(ky, y0 + 2 * half + 2), min(kx, x0 + 2 * half + 2)
-    iy, ix = xp.indices((y1 - y0, x1 - x0), dtype=xp.float32)
-    iy += y0
-    ix += x0
+    lo = np.floor(_backend.to_host(c0)) - half
+    (ys, xs), iy, ix = detector_box(lo, lo + 2 * half + 2, (ky, kx), xp)
     out = xp.empty((sy, sx, 2), xp.float64)
     for sl, chunk in cube.iter_rows(budget // 8, xp):  # ~8 float64 temporaries per pattern
-        frames = chunk.reshape(-1, ky, kx)[:, y0:y1, x0:x1]
+        frames = chunk.reshape(-1, ky, kx)[:, ys, xs]
         centre = xp.broadcast_to(c0, (frames.shape[0], 2))
         for window in (2.0 * radius + 4.0, radius + 2.0):
             centre = _thresholded_centroid(frames, centre, window, radius, iy, ix, xp)

@@ -52,6 +52,16 @@ def annular_masks(detector_shape, edges, origin=None, xp=np):
     return ((r >= inner) & (r < outer)).astype(xp.float32)
 
 
+def detector_box(lo, hi, detector_shape, xp=np):
+    """The detector pixels ``lo <= (y, x) < hi`` (clipped to the detector): ``((ys, xs), iy, ix)``
+    with the row and column slices and float32 index grids of the box in detector coordinates."""
+    ky, kx = detector_shape
+    y0, x0 = max(0, int(lo[0])), max(0, int(lo[1]))
+    y1, x1 = max(y0, min(ky, int(hi[0]))), max(x0, min(kx, int(hi[1])))
+    iy, ix = xp.indices((y1 - y0, x1 - x0), dtype=xp.float32)
+    return (slice(y0, y1), slice(x0, x1)), iy + y0, ix + x0
+
+
 def virtual_image(cube, mask, *, backend: str | None = None):
     """``sum(pattern * mask)`` per probe position.
 
@@ -143,20 +153,16 @@ def _annular(cube, inner, outer, origin, backend):
     field = _origin_field(o, cube.scan_shape, xp)
     ky, kx = cube.detector_shape
     # only the detector box that some position's annulus reaches is read
-    lo = np.floor(_backend.to_host(field.reshape(-1, 2).min(0)) - outer).astype(int)
-    hi = np.ceil(_backend.to_host(field.reshape(-1, 2).max(0)) + outer).astype(int) + 1
-    y0, x0 = max(0, lo[0]), max(0, lo[1])
-    y1, x1 = min(ky, hi[0]), min(kx, hi[1])
-    iy, ix = xp.indices((max(y1 - y0, 0), max(x1 - x0, 0)), dtype=xp.float32)
-    iy += y0
-    ix += x0
+    lo = np.floor(_backend.to_host(field.reshape(-1, 2).min(0)) - outer)
+    hi = np.ceil(_backend.to_host(field.reshape(-1, 2).max(0)) + outer) + 1
+    (ys, xs), iy, ix = detector_box(lo, hi, cube.detector_shape, xp)
     out = xp.empty(cube.scan_shape, xp.float64)
     for sl, chunk in cube.iter_rows(_budget(xp), xp):
         oy = field[sl, :, 0, None, None].astype(xp.float32)
         ox = field[sl, :, 1, None, None].astype(xp.float32)
         r2 = (iy - oy) ** 2 + (ix - ox) ** 2
         inside = (r2 >= inner * inner) & (r2 < outer * outer)
-        out[sl] = xp.where(inside, chunk[:, :, y0:y1, x0:x1], 0.0).sum((2, 3), dtype=xp.float64)
+        out[sl] = xp.where(inside, chunk[:, :, ys, xs], 0.0).sum((2, 3), dtype=xp.float64)
     _check_finite(out, "virtual image")
     return out
 

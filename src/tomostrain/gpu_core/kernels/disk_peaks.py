@@ -52,7 +52,11 @@ PARABOLIC, COM, EDGE = 0, 1, 2
 N_PAR = 8            # edge fit: cy, cx, R, a, b, c, d, s
 N_TRI = N_PAR * (N_PAR + 1) // 2
 N_STATE = N_PAR + 2  # the parameters and the previous centre step
-N_ACC = N_TRI + N_PAR + 11   # _pixel_sums: J^T W J, J^T W res, 9 flat moments, chi2, count
+# _pixel_sums' accumulators: J^T W J (lower triangle), J^T W res, 9 flat moments, chi2, count
+MOM = N_TRI + N_PAR
+CHI2 = MOM + 9
+NPIX = CHI2 + 1
+N_ACC = NPIX + 1
 GN_ITER = 12
 S_PRIOR = 0.2        # edge fit: standard deviation of the prior on the edge scale s (around 1)
 
@@ -206,9 +210,9 @@ def _pixel_sums(f, y0, x0, radius, width, prof, dprof, dr, par, lane, n_lanes, j
     ``radius + 3 width + 1.5`` about pixel (y0, x0): this lane's share, columns ``x0 - half + lane``,
     ``+ n_lanes``, ... of every window row (lane 0 of 1 on the CPU, a warp's lanes on the GPU).
 
-    ``acc`` (N_ACC): ``[0:36]`` lower triangle of ``J^T W J`` (entry ``i, k <= i`` at
-    ``i (i + 1) / 2 + k``), ``[36:44]`` ``J^T W res``, ``[44:53]`` the flat inside's moments
-    (``_add_flat``), ``[53]`` chi-square, ``[54]`` pixel count. ``jac`` is work space (N_PAR).
+    ``acc`` (N_ACC): ``[0:N_TRI]`` lower triangle of ``J^T W J`` (entry ``i, k <= i`` at
+    ``i (i + 1) / 2 + k``), ``[N_TRI:MOM]`` ``J^T W res``, ``[MOM:MOM + 9]`` the flat inside's
+    moments (``_add_flat``), ``[CHI2]`` chi-square, ``[NPIX]`` pixel count. ``jac`` is work space.
     """
     ky = f.shape[0]
     kx = f.shape[1]
@@ -233,17 +237,17 @@ def _pixel_sums(f, y0, x0, radius, width, prof, dprof, dr, par, lane, n_lanes, j
                 model = lin + par[6]
                 res = f[y, x] - model
                 wt = 1.0 / (abs(model) + 0.03 * abs(par[3]) + 1e-30)
-                acc[44] += wt
-                acc[45] += wt * u
-                acc[46] += wt * v
-                acc[47] += wt * u * u
-                acc[48] += wt * u * v
-                acc[49] += wt * v * v
-                acc[50] += wt * res
-                acc[51] += wt * u * res
-                acc[52] += wt * v * res
-                acc[53] += wt * res * res
-                acc[54] += 1.0
+                acc[MOM] += wt
+                acc[MOM + 1] += wt * u
+                acc[MOM + 2] += wt * v
+                acc[MOM + 3] += wt * u * u
+                acc[MOM + 4] += wt * u * v
+                acc[MOM + 5] += wt * v * v
+                acc[MOM + 6] += wt * res
+                acc[MOM + 7] += wt * u * res
+                acc[MOM + 8] += wt * v * res
+                acc[CHI2] += wt * res * res
+                acc[NPIX] += 1.0
                 continue
             r = math.sqrt(r2)
             s, ds = _profile(prof, dprof, dr, radius + (r - par[2]) / par[7])
@@ -261,8 +265,8 @@ def _pixel_sums(f, y0, x0, radius, width, prof, dprof, dr, par, lane, n_lanes, j
             model = lin * s + par[6]
             res = f[y, x] - model
             wt = 1.0 / (abs(model) + 0.03 * abs(par[3]) + 1e-30)
-            acc[53] += wt * res * res
-            acc[54] += 1.0
+            acc[CHI2] += wt * res * res
+            acc[NPIX] += 1.0
             for i in range(N_PAR):
                 wj = wt * jac[i]
                 acc[N_TRI + i] += wj * res
@@ -279,9 +283,9 @@ def _gn_step(acc, par, radius, cy0, cx0, A, g, z):
         g[i] = acc[N_TRI + i]
         for k in range(i + 1):
             A[i, k] = acc[i * (i + 1) // 2 + k]
-    _add_flat(A, g, z, -par[4] / radius, -par[5] / radius, acc[44], acc[45], acc[46], acc[47], acc[48],
-              acc[49], acc[50], acc[51], acc[52])
-    red = acc[53] / max(acc[54] - N_PAR, 1.0)       # reduced chi-square: scales the weights
+    _add_flat(A, g, z, -par[4] / radius, -par[5] / radius, acc[MOM], acc[MOM + 1], acc[MOM + 2],
+              acc[MOM + 3], acc[MOM + 4], acc[MOM + 5], acc[MOM + 6], acc[MOM + 7], acc[MOM + 8])
+    red = acc[CHI2] / max(acc[NPIX] - N_PAR, 1.0)   # reduced chi-square: scales the weights
     A[7, 7] += red / S_PRIOR ** 2
     g[7] += red * (1.0 - par[7]) / S_PRIOR ** 2
     var = _solve_spd(A, g, N_PAR, z)
