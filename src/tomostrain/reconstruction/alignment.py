@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..gpu_core import backend as _backend
+from ..gpu_core.registration import fourier_shift_1d, shift_1d, shift_2d
 from .geometry import _rotation, align_projections, unpack_series
 
 _GRID_STEP_DEG = 0.5
@@ -143,44 +144,13 @@ def _axis_profiles(img, a_deg, xp):
     return prof.reshape(n, length)
 
 
-def _shift_1d(profiles, reference, xp):
-    """Sub-pixel shift of each profile relative to ``reference`` (profile(t) ~ reference(t - d)):
-    zero-padded FFT cross-correlation, parabola through the peak and its neighbours."""
-    n, length = profiles.shape
-    m = 2 * length
-    corr = xp.fft.irfft(xp.fft.rfft(profiles, m) * xp.conj(xp.fft.rfft(reference, m))[None, :], m)
-    k = xp.argmax(corr, axis=1)
-    rows = xp.arange(n)
-    return _peak_lag(k, m, lambda i: corr[rows, i % m], xp)
-
-
-def _peak_lag(k, size, value_at, xp):
-    """Sub-pixel lag of a correlation peak found at integer index ``k`` on a periodic axis of
-    ``size`` (``value_at(i)`` reads the correlation at index ``i``): vertex of the parabola through
-    the peak and its neighbours, wrapped to ``(-size / 2, size / 2]``."""
-    c0, cm, cp = value_at(k), value_at(k - 1), value_at(k + 1)
-    den = cm - 2.0 * c0 + cp
-    off = xp.where(den < 0, 0.5 * (cm - cp) / xp.where(den < 0, den, -1.0), 0.0)
-    d = k + xp.clip(off, -0.5, 0.5)
-    return xp.where(d > size / 2, d - size, d)
-
-
-def _fourier_shift_1d(profiles, d, xp):
-    """Profiles moved by ``-d`` (undo a shift of ``d``), exactly, zero-padded against wrap-around."""
-    n, length = profiles.shape
-    m = 2 * length
-    f = xp.fft.rfftfreq(m)[None, :]
-    spec = xp.fft.rfft(profiles, m) * xp.exp(2j * np.pi * f * d[:, None])
-    return xp.fft.irfft(spec, m)[:, :length]
-
-
 def _register_profiles(profiles, xp):
     """Move the axis profiles onto one another: each onto the mean of the moved profiles, twice
     (the first reference is the median profile). Returns ``(shifts, moved profiles, reference)``."""
     reference = xp.median(profiles, axis=0)
     for _ in range(2):
-        d = _shift_1d(profiles, reference, xp)
-        moved = _fourier_shift_1d(profiles, d, xp)
+        d = shift_1d(profiles, reference, xp)
+        moved = fourier_shift_1d(profiles, d, xp)
         reference = moved.mean(axis=0)
     return d, moved, reference
 
@@ -188,7 +158,7 @@ def _register_profiles(profiles, xp):
 def _shifts_along_axis(profiles, xp):
     """Each profile's shift along the axis (pixels, mean zero)."""
     d, _, reference = _register_profiles(profiles, xp)
-    d = _shift_1d(profiles, reference, xp)
+    d = shift_1d(profiles, reference, xp)
     return _backend.to_host(d - d.mean()).astype(np.float64)
 
 
@@ -249,7 +219,7 @@ def _match_projections(img, angles, shifts, a_deg, iterations, xp):
     volume = reconstruct(aligned, method="sirt", angles_deg=angles, iterations=iterations, center=center,
                          backend="gpu" if _backend.is_gpu_array(aligned) else "cpu")
     reproj = project(volume, angles, center=center)
-    delta = b * _shift_2d(aligned, reproj, xp)      # aligned(p + delta) ~ reproj(p), full pixels
+    delta = b * shift_2d(aligned, reproj, xp)      # aligned(p + delta) ~ reproj(p), full pixels
     delta[:, 0] -= delta[:, 0].mean()               # the common shift along the axis stays zero
     rot = _rotation(a_deg)
     return shifts + delta @ rot.T                   # aligned'(p) = raw(R (p + delta) + s)
@@ -266,30 +236,3 @@ def _binned(img, b):
         return img, 1
     n, ny, nx = img.shape
     return img[:, : ny // b * b, : nx // b * b].reshape(n, ny // b, b, nx // b, b).mean(axis=(2, 4)), b
-
-
-def _shift_2d(images, references, xp):
-    """(n, 2) host array: the displacement ``d`` with ``image(p + d) ~ reference(p)``, by FFT
-    cross-correlation of Tukey-tapered images and a parabola through the peak in y and in x."""
-    n, ny, nx = images.shape
-    win = (_tukey(ny, xp)[:, None] * _tukey(nx, xp)[None, :]).astype(xp.float32)
-    fa = xp.fft.rfft2(images * win, s=(2 * ny, 2 * nx))
-    fb = xp.fft.rfft2(references * win, s=(2 * ny, 2 * nx))
-    corr = xp.fft.irfft2(fa * xp.conj(fb), s=(2 * ny, 2 * nx))
-    flat = xp.argmax(corr.reshape(n, -1), axis=1)
-    ky, kx = flat // (2 * nx), flat % (2 * nx)
-    rows = xp.arange(n)
-    dy = _peak_lag(ky, 2 * ny, lambda i: corr[rows, i % (2 * ny), kx], xp)
-    dx = _peak_lag(kx, 2 * nx, lambda i: corr[rows, ky, i % (2 * nx)], xp)
-    return _backend.to_host(xp.stack([dy, dx], 1)).astype(np.float64)
-
-
-def _tukey(n, xp, alpha=0.25):
-    """Tukey window of length n: flat middle, cosine tapers over ``alpha / 2`` of each end."""
-    x = xp.linspace(0.0, 1.0, n)
-    w = xp.ones(n)
-    edge = alpha / 2.0
-    lo, hi = x < edge, x > 1.0 - edge
-    w[lo] = 0.5 * (1.0 - xp.cos(np.pi * x[lo] / edge))
-    w[hi] = 0.5 * (1.0 - xp.cos(np.pi * (1.0 - x[hi]) / edge))
-    return w
