@@ -4,6 +4,7 @@ Tilt series: DXchange HDF5, MRC (IMOD, FEI, SerialEM + .mdoc; + .rawtlt/.tlt), T
 (stacks or one file per tilt), HyperSpy/ETSpy .hspy, Velox EMD; lazy through ``open_tilt_series``. 4D-STEM: .npy, raw binary, HDF5,
 py4DSTEM EMD. Results: the HDF5 layout of DESIGN.md §4, written atomically.
 """
+from . import imod
 from .datacube import read_datacube, write_datacube
 from .images import read_image
 from .results import append_results, read_results, write_results
