@@ -19,6 +19,7 @@ Every failure of the libraries on a bad file becomes a FileFormatError that name
 """
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from pathlib import Path
@@ -76,8 +77,18 @@ def read_images(fmt: str, spec: dict, images, rows) -> np.ndarray:
 
 
 def _dm_signal(path: Path) -> dict:
+    """The image signal of a DM file (rsciio, lazy). Parsing the tags costs ~0.4 s a file, so the
+    parse is cached per (path, size, mtime); the cached dask array opens the file only on compute."""
+    path = Path(path)
+    stat = path.stat()
+    return _dm_signal_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _dm_signal_cached(path: str, size: int, mtime_ns: int) -> dict:
     from rsciio.digitalmicrograph import file_reader
 
+    path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -116,11 +116,10 @@ def _extended_header(path: Path, header, nz: int, exttyp: str):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
-                    mrc._read_extended_header()  # header_only skips it; the indexed view needs it
+                with mrcfile.mmap(path, mode="r", permissive=True) as mrc:  # maps, reads no pixels
                     table = mrc.indexed_extended_header
                     table = None if table is None else np.array(table)
-        except (ValueError, OSError, EOFError, TypeError, KeyError) as exc:
+        except (ValueError, OSError, EOFError, TypeError, KeyError, AttributeError) as exc:
             raise FileFormatError(f"{path}: unreadable {exttyp} extended header: {exc}") from exc
         if table is None or table.shape[0] < nz:
             raise FileFormatError(f"{path}: its {exttyp} extended header describes "
