@@ -106,3 +106,26 @@ def test_bad_xf_files(tmp_path, text, match):
     (tmp_path / "c.xf").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(FileFormatError, match="not a text"):
         imod.read_xf(tmp_path / "c.xf")
+
+
+def test_tomo_with_an_xf_file_equals_reconstructing_with_the_shifts(tmp_path):
+    from tomostrain import cli, io, synthetic
+    from tomostrain.reconstruction import reconstruct
+
+    vol = np.zeros((16, 40, 40), np.float32)
+    vol[:, 12:26, 14:24] = 1.0
+    angles = np.linspace(-60, 60, 13)
+    shifts = np.random.default_rng(6).normal(0, 1.5, (13, 2))
+    data, truth = synthetic.tilt_series(vol, angles, shifts=shifts, tilt_axis_deg=3.0)
+    series = io.TiltSeries(data, angles)
+    io.write_tilt_series(series, tmp_path / "s.h5")
+    imod.write_xf(tmp_path / "s.xf", alignment_to_xf(truth["shifts"], truth["tilt_axis_deg"]))
+    out = tmp_path / "r.h5"
+    assert cli.main(["tomo", str(tmp_path / "s.h5"), "-o", str(out), "--xf", str(tmp_path / "s.xf"),
+                     "--offset", "none", "--backend", "cpu"]) == 0
+    res = io.read_results(out)
+    np.testing.assert_allclose(res["tomo"]["alignment"]["shifts"], truth["shifts"], atol=1e-9)
+    assert res["tomo"]["alignment"]["@attrs"]["tilt_axis_deg"] == pytest.approx(3.0)
+    want = reconstruct(series, shifts=truth["shifts"], tilt_axis_deg=3.0, backend="cpu")
+    np.testing.assert_allclose(res["tomo"]["volume"], want, atol=1e-5)
+    assert '"offset": null' in res["provenance"]["@attrs"]["parameters"]

@@ -2,7 +2,10 @@
 
 An mdoc is ``key = value`` lines: global keys first (``PixelSpacing`` in Å, ``Voltage`` in kV,
 ...), then one ``[ZValue = k]`` section per frame with its ``TiltAngle`` (degrees). ``[T = ...]``
-lines are titles. The frames' sections must be numbered 0, 1, 2, ... with no gap, each with a
+lines are titles; SerialEM's second title holds ``Tilt axis angle = a``, the angle of the tilt
+axis from the image y axis, counter-clockwise positive with y up (IMOD's rotation angle, which
+is tomostrain's ``tilt_axis_deg``, DESIGN.md §3); it is kept in ``meta`` as a prior, never
+applied. The frames' sections must be numbered 0, 1, 2, ... with no gap, each with a
 TiltAngle; anything else is a FileFormatError naming the file and line.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ from ..errors import FileFormatError
 from . import _files
 
 _SECTION = re.compile(r"^\[\s*(\w+)\s*=\s*(.*?)\s*\]$")
+_TILT_AXIS = re.compile(r"Tilt axis angle\s*=\s*([-+]?\d+(?:\.\d*)?)")
 
 
 @dataclass
@@ -27,6 +31,7 @@ class Mdoc:
     angles_deg: np.ndarray
     pixel_spacing_a: float | None
     voltage_kv: float | None
+    tilt_axis_deg: float | None = None  # "Tilt axis angle" of the [T = ...] title (IMOD convention)
 
 
 def sibling(path) -> Path | None:
@@ -70,6 +75,7 @@ def read_mdoc(path) -> Mdoc:
     glob: dict[str, tuple[int, str]] = {}
     frames: dict[int, dict[str, tuple[int, str]]] = {}
     current = glob
+    tilt_axis = None
     for lineno, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line:
@@ -83,7 +89,10 @@ def read_mdoc(path) -> Mdoc:
                     raise FileFormatError(f"{path} line {lineno}: bad or repeated [ZValue = {value}]")
                 current = frames.setdefault(int(z), {})
             else:
-                current = {}  # [T = ...] titles and other sections: not used
+                axis = _TILT_AXIS.search(value) if kind == "T" else None
+                if axis and tilt_axis is None:
+                    tilt_axis = float(axis.group(1))
+                current = {}  # [T = ...] titles and other sections: not used otherwise
             continue
         if "=" in line:
             key, value = (s.strip() for s in line.split("=", 1))
@@ -108,7 +117,7 @@ def read_mdoc(path) -> Mdoc:
     if "Voltage" in glob:
         voltage = _number(path, glob["Voltage"][0], "Voltage", glob["Voltage"][1])
         voltage = voltage if voltage > 0 else None
-    return Mdoc(path, np.asarray(angles, np.float64), pixel, voltage)
+    return Mdoc(path, np.asarray(angles, np.float64), pixel, voltage, tilt_axis)
 
 
 def read_angle_file(path) -> np.ndarray:

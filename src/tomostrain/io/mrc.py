@@ -83,6 +83,8 @@ def probe(path) -> dict:
                                   f"sections with TiltAngle) but {path} holds {nz}")
         if doc.voltage_kv is not None:
             meta.setdefault("ht_kv", doc.voltage_kv)
+        if doc.tilt_axis_deg is not None:
+            meta["tilt_axis_deg_metadata"] = doc.tilt_axis_deg
         if angles is None:
             angles, angles_source = doc.angles_deg, f"{doc_path.name} (TiltAngle)"
         else:

@@ -31,7 +31,7 @@ import numpy as np
 PEAK_FRACTION = 0.1      # a vacuum peak holds at least this fraction of the tallest histogram bin
 PROMINENCE = 2.0         # ... and is this many times denser than the data 3 noise widths above it
 MIN_VALUES = 1000        # fewer sampled values than this: no estimate
-SAMPLE_VALUES = 4_000_000  # the sample the estimate is made on holds about this many values
+SAMPLE_VALUES = 1_000_000  # the sample the estimate is made on holds about this many values
 MAX_SAMPLE_IMAGES = 16
 
 

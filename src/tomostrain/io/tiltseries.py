@@ -438,7 +438,10 @@ def _probe_files(files, folder, dataset, order):
             angles.append(np.asarray(p["angles"], np.float64))
     pxs = {round(p["pixel_size_nm"], 9) for p in probes if p.get("pixel_size_nm")}
     meta = {"format": "files", "files": [str(f) for f in files], "order": order,
+            "dtype": probes[0]["meta"].get("dtype"),
             "pixel_size_source": probes[0]["meta"].get("pixel_size_source")}
+    if len(files) == 1:
+        meta.update({k: v for k, v in probes[0]["meta"].items() if k not in meta})
     if len(pxs) > 1:
         meta["pixel_size_warning"] = f"pixel sizes differ between files: {sorted(pxs)}; the first is used"
     px = probes[0].get("pixel_size_nm")
