@@ -211,6 +211,22 @@ def test_corrupted_headers_and_metadata_give_one_line_errors(tmp_path, capsys):
     assert "DM" in _one_line_error(tmp_path / "bad.dm3", capsys, tmp_path)
 
 
+@pytest.mark.parametrize("name, span", [("etspy/HAADF_Aligned.hspy", 20000),
+                                        ("etspy/DM_Series_Test/BF_001.dm3", 4000)])
+def test_randomly_corrupted_copies_raise_only_tomostrain_errors(tmp_path, name, span):
+    blob = real_file(name).read_bytes()
+    rng = np.random.default_rng(7)
+    for k in range(12):  # h5py/rsciio raise OSError, RuntimeError, KeyError, ... on these
+        damaged = np.frombuffer(blob, np.uint8).copy()
+        damaged[rng.integers(0, span, 16)] = rng.integers(0, 256, 16)
+        path = tmp_path / f"c{k}{real_file(name).suffix}"
+        path.write_bytes(damaged.tobytes())
+        try:
+            read_tilt_series(path, offset=None)
+        except TomostrainError as exc:
+            assert "\n" not in str(exc)
+
+
 def test_missing_angles_name_the_option(tmp_path, capsys):
     stack = tmp_path / "plain.mrc"
     with mrcfile.new(stack) as mrc:

@@ -59,7 +59,7 @@ def read_images(fmt: str, spec: dict, images, rows) -> np.ndarray:
             raise FileFormatError(f"cannot read the image data of {spec['path']} "
                                   f"(truncated or corrupt?): {type(exc).__name__}: {exc}") from None
         return block.astype(np.float32)
-    with _files.open_h5(spec["path"]) as h5:
+    with _files.open_h5(spec["path"]) as h5, _files.foreign_errors(spec["path"], f"{fmt} file"):
         ds = _files.h5_dataset(h5, spec["dataset"])
         try:
             if fmt == "emd":  # (y, x, frames)
@@ -176,7 +176,7 @@ def _probe_dm(path: Path) -> dict:
 
 
 def _probe_hspy(path: Path, dataset) -> dict:
-    with _files.open_h5(path) as h5:
+    with _files.open_h5(path) as h5, _files.foreign_errors(path, "HyperSpy file"):
         exp = h5.get("Experiments")
         names = list(exp.keys()) if exp is not None else []
         if dataset is None:
@@ -234,7 +234,7 @@ def _frame_metadata(ds_meta, k: int) -> dict:
 
 
 def _probe_emd(path: Path, dataset) -> dict:
-    with _files.open_h5(path) as h5:
+    with _files.open_h5(path) as h5, _files.foreign_errors(path, "Velox EMD file"):
         images = h5.get("Data/Image")
         if images is None:
             raise FileFormatError(f"{path}: no /Data/Image group: not a Velox EMD image file")

@@ -477,7 +477,7 @@ def _sibling_angle_file(found) -> Path | None:
 
 
 def _probe_dxchange(path: Path, name: str) -> dict:
-    with _files.open_h5(path) as h5:
+    with _files.open_h5(path) as h5, _files.foreign_errors(path, "HDF5 file"):
         ds = _files.h5_dataset(h5, name)
         if ds.ndim != 3:
             raise FileFormatError(
@@ -514,7 +514,7 @@ def _probe_dxchange(path: Path, name: str) -> dict:
 
 
 def _dxchange_images(spec, images, rows):
-    with _files.open_h5(spec["path"]) as h5:
+    with _files.open_h5(spec["path"]) as h5, _files.foreign_errors(spec["path"], "HDF5 file"):
         ds = _files.h5_dataset(h5, spec["dataset"])
         try:
             if images.size == ds.shape[0]:
@@ -528,7 +528,7 @@ def _dxchange_images(spec, images, rows):
 
 
 def _flat_dark(spec, raw, rows, flat):
-    with _files.open_h5(spec["path"]) as h5:
+    with _files.open_h5(spec["path"]) as h5, _files.foreign_errors(spec["path"], "HDF5 file"):
         shape = raw.shape[1:]
         white = _mean_field(h5, spec["white"], shape, rows) if spec.get("white") else None
         dark = _mean_field(h5, spec["dark"], shape, rows) if spec.get("dark") else None
