@@ -375,3 +375,21 @@ def test_fuzz_mdoc_and_angle_files(tmp_path, lines, noise):
             continue
         angles = out.angles_deg if hasattr(out, "angles_deg") else out
         assert angles.ndim == 1 and angles.size >= 1
+
+
+def test_hdf5_theta_is_never_summed_and_explicit_angles_win_over_a_bad_theta(tmp_path):
+    import h5py
+
+    path = tmp_path / "rep.h5"
+    with h5py.File(path, "w") as h5:
+        h5["/exchange/data"] = np.arange(3 * 4 * 4, dtype=np.float32).reshape(3, 4, 4)
+        h5["/exchange/theta"] = [0.0, 0.0, 10.0]  # a repeated angle is two projections, not frames
+    ts = read_tilt_series(path)
+    assert ts.shape == (3, 4, 4) and "frames_summed" not in ts.meta
+    with h5py.File(path, "a") as h5:
+        del h5["/exchange/theta"]
+        h5["/exchange/theta"] = [0.0, 1.0]
+    with pytest.raises(GeometryError, match="2 tilt angles \\(file\\) for 3 projections"):
+        read_tilt_series(path)
+    with pytest.warns(UserWarning, match="file gives 2 angles"):
+        np.testing.assert_array_equal(read_tilt_series(path, angles=[1, 2, 3]).angles_deg, [1, 2, 3])

@@ -254,7 +254,10 @@ def open_tilt_series(path, *, angles=None, log: bool | None = None, dataset: str
     n_raw = found["shape"][0]
     embedded = found.get("angles")
     source_name = found["path"]
-    groups = _frame_groups(embedded) if embedded is not None else tuple((i,) for i in range(n_raw))
+    single = tuple((i,) for i in range(n_raw))
+    # frames of one tilt exist only in microscope image stacks (MRC/FEI/SerialEM, DM/MRC files)
+    framed = found["format"] == "files" and embedded is not None and len(embedded) == n_raw
+    groups = _frame_groups(embedded) if framed else single
 
     candidates = []  # (name, angles) of every source, in precedence order
     if angles is not None:
@@ -263,12 +266,11 @@ def open_tilt_series(path, *, angles=None, log: bool | None = None, dataset: str
     sibling = _sibling_angle_file(found)
     if sibling is not None:
         candidates.append((str(sibling), read_angle_file(sibling)))
-    if embedded is not None:
-        group_angles = np.array([np.mean(embedded[list(g)]) for g in groups])
-        candidates.append((found["angles_source"], group_angles))
-    for name, alt in meta.pop("angles_alternatives", {}).items():
-        candidates.append((name, np.array([np.mean(np.asarray(alt)[list(g)]) for g in groups])
-                           if len(alt) == n_raw else np.asarray(alt)))
+    for name, alt in [(found.get("angles_source"), embedded), *meta.pop("angles_alternatives", {}).items()]:
+        if alt is not None:
+            alt = np.asarray(alt, np.float64)
+            per_group = framed and len(alt) == n_raw
+            candidates.append((name, np.array([alt[list(g)].mean() for g in groups]) if per_group else alt))
     if not candidates:
         tried = ", ".join(str(c) for c in found["angle_files"]) or "no angle file"
         raise FileFormatError(
@@ -348,9 +350,9 @@ def _detector_offset(src: TiltSource, offset, found):
         value = float(offset)
         if not np.isfinite(value):
             raise InputError(f"offset must be 'auto', None or a finite number, got {offset!r}")
-        if src.flat:
-            raise InputError("offset= applies to data without flat fields; flat/dark correction "
-                             "already removes the detector offset")
+        if src.flat or src.spec.get("dark"):
+            raise InputError("offset= applies to data without flat/dark fields; the flat/dark "
+                             "correction already removes the detector offset")
         return value, "given", None
     if offset.lower() != "auto":
         try:
@@ -506,9 +508,6 @@ def _probe_dxchange(path: Path, name: str) -> dict:
     found = {"format": "dxchange", "spec": spec, "shape": shape, "pixel_size_nm": px, "meta": meta,
              "flat": "white" in fields}
     if theta is not None:
-        if theta.size != shape[0]:
-            raise GeometryError(f"{theta.size} tilt angles (file) for {shape[0]} projections in {path}: "
-                                "need exactly one angle per projection")
         found.update(angles=theta, angles_source="file")
     return found
 
