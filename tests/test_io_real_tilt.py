@@ -393,3 +393,13 @@ def test_hdf5_theta_is_never_summed_and_explicit_angles_win_over_a_bad_theta(tmp
         read_tilt_series(path)
     with pytest.warns(UserWarning, match="file gives 2 angles"):
         np.testing.assert_array_equal(read_tilt_series(path, angles=[1, 2, 3]).angles_deg, [1, 2, 3])
+
+
+def test_serialem_extended_header_angle_without_mdoc(tmp_path):
+    copy = tmp_path / "lone.mrc"
+    shutil.copyfile(real_file("etspy/SerialEM_Multiframe_Test/test_002.mrc"), copy)
+    ts = read_tilt_series(copy)  # no mdoc: the SERI header's tilt x 100, frames still summed
+    np.testing.assert_array_equal(ts.angles_deg, [-5.0])
+    assert "SerialEM/IMOD extended header" in ts.meta["angles_source"] and ts.meta["frames_summed"] == [2]
+    with_mdoc = open_tilt_series(real_file("etspy/SerialEM_Multiframe_Test/test_002.mrc"))
+    assert with_mdoc.meta["angles_source"].endswith("mdoc (TiltAngle)") and "angles_warning" not in with_mdoc.meta

@@ -10,6 +10,8 @@
   pixel size (m), magnification, HT (V)). They give a per-image alpha tilt, pixel size and HT.
   The legacy layout is only trusted when every image's alpha is within +-90 deg and its pixel
   size is 0 or between 1 pm and 1 mm.
+- IMOD/SerialEM extended headers (``SERI``): ``nint`` bytes per section, flags ``nreal``; when
+  bit 1 is set the first short is the tilt angle x 100 (0.01 deg steps). An mdoc wins over it.
 - SerialEM: the ``.mdoc`` beside the stack (``X.mrc.mdoc``, SerialEM's own name, first; else
   ``X.mdoc``) gives TiltAngle per frame and PixelSpacing (see ``io.mdoc``).
 - Pixel size: extended header, then mdoc, then the header's voxel size unless it is 0 or the
@@ -92,6 +94,16 @@ def probe(path) -> dict:
         if px is None and doc.pixel_spacing_a:
             px, px_source = doc.pixel_spacing_a / 10.0, f"{doc_path.name} (PixelSpacing)"
 
+    if ext is None:
+        tilts = _imod_tilts(path, header, nz)
+        if tilts is not None:
+            name = f"{path.name} SerialEM/IMOD extended header (tilt x 100)"
+            meta["extended_header"] = "SerialEM/IMOD"
+            if angles is None:
+                angles, angles_source = tilts, name
+            else:  # the mdoc's TiltAngle is more precise than the header's 0.01 deg
+                meta.setdefault("angles_alternatives", {})[name] = tilts
+
     voxel = float(header["cella"]["x"]) / nx if nx else 0.0
     unset = voxel <= 0 or (abs(voxel - 1.0) < 1e-6)
     if not unset:
@@ -146,6 +158,29 @@ def _extended_header(path: Path, header, nz: int, exttyp: str):
         return {"kind": "FEI legacy", "alpha_deg": alpha, "pixel_m": float(px[0]) if px[0] > 0 else None,
                 "ht_v": float(ht[0]) if 1e3 < ht[0] < 1e7 else None}
     return None
+
+
+#: bytes per section of each IMOD/SerialEM extended-header flag bit (nreal): tilt angle x 100,
+#: piece coordinates, stage position x 25, magnification / 100, intensity x 25000, dose (float)
+_IMOD_FLAG_BYTES = {1: 2, 2: 6, 4: 4, 8: 2, 16: 2, 32: 4}
+
+
+def _imod_tilts(path: Path, header, nz: int):
+    """Per-section tilt angles (deg) of an IMOD/SerialEM (``SERI``/``AGAR``) extended header."""
+    exttyp = bytes(header["exttyp"]).strip(b"\x00 ")
+    if exttyp not in (b"SERI", b"AGAR", b""):
+        return None
+    with open(path, "rb") as fh:
+        head = fh.read(1024)
+        order = "<" if header.dtype.byteorder in ("<", "=", "|") else ">"
+        nint, nreal = (int(v) for v in np.frombuffer(head[128:132], dtype=order + "i2"))
+        if not nreal & 1 or nint <= 0 or nreal & ~63 or nint * nz > int(header["nsymbt"]):
+            return None
+        if nint != sum(size for bit, size in _IMOD_FLAG_BYTES.items() if nreal & bit):
+            return None  # not the documented IMOD layout: do not guess
+        fh.seek(1024)
+        table = np.frombuffer(fh.read(nint * nz), dtype=np.uint8).reshape(nz, nint)
+    return table[:, :2].copy().view(order + "i2").ravel().astype(np.float64) / 100.0
 
 
 def read_images(spec: dict, images, rows: slice) -> np.ndarray:
