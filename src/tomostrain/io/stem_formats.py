@@ -104,9 +104,10 @@ class FrameSource:
         key = key if isinstance(key, tuple) else (key,)
         first, rest = (key[0], key[1:]) if key else (slice(None), ())
         if first is Ellipsis:
-            first, rest = slice(None), key
+            first, rest = slice(None), key[1:] if Ellipsis in key[1:] else (Ellipsis,) + key[1:]
         sy = self.shape[0]
         if isinstance(first, slice):
+            rest = (slice(None),) + rest if rest else rest
             start, stop, step = first.indices(sy)
             if step == 1:
                 block = self.rows(start, max(start, stop))
