@@ -1,7 +1,8 @@
 """Reading and writing: tilt series, 4D-STEM data cubes and result files (no computation here).
 
 Tilt series: DXchange HDF5, IMOD MRC (+ .rawtlt/.tlt), TIFF. 4D-STEM: .npy, raw binary, HDF5,
-py4DSTEM EMD. Results: the HDF5 layout of DESIGN.md §4, written atomically.
+py4DSTEM EMD, and (``stem_formats``) Merlin MIB, blockfile, DM 4D, Velox EMD, fpd, Dectris Arina,
+EMPAD. Results: the HDF5 layout of DESIGN.md §4, written atomically.
 """
 from .datacube import read_datacube, write_datacube
 from .images import read_image

@@ -635,7 +635,7 @@ def _empad_xml_for(raw: Path) -> Path | None:
         return None
     for xml in sorted(raw.parent.glob("*.xml")):
         with contextlib.suppress(Exception):
-            if f'filename="{raw.name}"' in xml.read_text(errors="ignore"):
+            if xml.stat().st_size < 2**20 and f'filename="{raw.name}"' in xml.read_text(errors="ignore"):
                 return xml
     return None
 
