@@ -441,3 +441,24 @@ def test_fuzz_mib_and_blockfile_raise_only_tomostrain_errors(tmp_path, fuzz_seed
         _read_all(path, scan_shape=scan)
 
     check()
+
+
+def test_a_scan_bigger_than_ram_reads_row_by_row(tmp_path):
+    """A 1024x1024 EMPAD scan is 68 GB (a sparse file here): opening it and reading rows touches
+    only those rows."""
+    xml = sf.write_empad(tmp_path, np.zeros((1, 1, 128, 128), np.float32))
+    text = xml.read_text().replace("<pix_x>1</pix_x><pix_y>1</pix_y>", "<pix_x>1024</pix_x><pix_y>1024</pix_y>")
+    xml.write_text(text.replace("scan_x1_y1.raw", "big.raw"))
+    frame = np.zeros((130, 128), "<f4")
+    frame[:128] = 7.0
+    with open(tmp_path / "big.raw", "wb") as f:
+        f.truncate(1024 * 1024 * frame.nbytes)
+        f.seek(600 * 1024 * frame.nbytes + 5 * frame.nbytes)  # scan position (600, 5)
+        f.write(frame.tobytes())
+    if (tmp_path / "big.raw").stat().st_blocks * 512 > 2**30:
+        pytest.skip("this filesystem has no sparse files")
+    cube = read_datacube(xml)
+    assert cube.shape == (1024, 1024, 128, 128) and cube.data.size * 4 > 64e9
+    rows = cube.rows(600, 601)
+    assert rows.shape == (1, 1024, 128, 128) and rows[0, 5].min() == 7.0 and rows[0, 4].max() == 0.0
+    assert len(pickle.dumps(cube)) < 10000  # the whole cube travels as path + layout

@@ -528,6 +528,8 @@ def _read_arina(path: Path, scan_shape) -> DataCube:
             distance_m = _finite(_h5_value(h5, det + "detector_distance"))
             wavelength = _finite(_h5_value(h5, "entry/instrument/beam/incident_wavelength"))
             count_time = _finite(_h5_value(h5, det + "count_time"))
+            mask = h5.get(det + "detectorSpecific/pixel_mask")
+            bad_pixels = np.asarray(mask[()]) != 0 if isinstance(mask, h5py.Dataset) and mask.ndim == 2 else None
     finally:
         h5.close()
     n = sum(k for _, k in segments)
@@ -543,7 +545,8 @@ def _read_arina(path: Path, scan_shape) -> DataCube:
                  sources={"energy_kev": "beam/incident_wavelength (Å)" if energy else None,
                           "q_pixel_size": "detector x_pixel_size / detector_distance" if q else None,
                           "scan_step_nm": step_source},
-                 count_time_s=count_time, camera_length_m=distance_m, detector_pixel_m=pixel_m)
+                 count_time_s=count_time, camera_length_m=distance_m, detector_pixel_m=pixel_m,
+                 bad_pixels=bad_pixels)  # Dectris pixel_mask != 0 (gaps, dead/hot pixels): not corrected here
 
 
 def _energy_from_wavelength(wavelength_A: float) -> float | None:
@@ -714,9 +717,6 @@ def _read_dm(path: Path, scan_shape) -> DataCube:
         mic = tags.get("Microscope Info", {}) if hasattr(tags, "get") else {}
         volts = _finite(mic.get("Voltage")) if hasattr(mic, "get") else None
         camera_mm = _finite(mic.get("STEM Camera Length")) if hasattr(mic, "get") else None
-        conv = None
-        for key in ("Convergence Semi-angle (mrad)", "Convergence Angle (mrad)"):
-            conv = conv or (_finite(mic.get(key)) if hasattr(mic, "get") else None)
     energy = volts * 1e-3 if volts else None
     step = scales[0] * _DM_LENGTH_NM[units[0]] if units[0] in _DM_LENGTH_NM and units[0] == units[1] else None
     q_unit = units[3]
@@ -728,11 +728,10 @@ def _read_dm(path: Path, scan_shape) -> DataCube:
     got, shape_source = _scan_shape(path, shape[0] * shape[1], scan_shape, shape[:2], "its dimensions")
     record = np.dtype([("data", dtype, shape[2:])])
     source = MemmapFrames(path, got + shape[2:], dtype.newbyteorder("="), "dm", offset=offset, record=record)
-    return _cube(source, scan_step_nm=_finite(step), q_pixel_size=_finite(q), energy_kev=energy, convergence_mrad=conv,
+    return _cube(source, scan_step_nm=_finite(step), q_pixel_size=_finite(q), energy_kev=energy,
                  sources={"scan_step_nm": f"calibration of dims 2,3 ({units[0]})" if _finite(step) else None,
                           "q_pixel_size": f"calibration of dims 0,1 ({q_unit})" if _finite(q) else None,
-                          "energy_kev": "Microscope Info.Voltage (V)" if energy else None,
-                          "convergence_mrad": "Microscope Info convergence (mrad)" if conv else None},
+                          "energy_kev": "Microscope Info.Voltage (V)" if energy else None},
                  scan_shape_source=shape_source, camera_length_m=camera_mm * 1e-3 if camera_mm else None)
 
 
