@@ -126,7 +126,10 @@ def write_velox(path: Path, data: np.ndarray, *, scan_size=True, voltage="200000
     md = {"Optics": {"AccelerationVoltage": voltage, "BeamConvergence": convergence, "CameraLength": "0.091"},
           "BinaryResult": {"PixelSize": {"width": q_per_m, "height": q_per_m}, "PixelUnitX": "1/m",
                            "PixelUnitY": "1/m", "DetectorIndex": "0"},
-          "Scan": {"PixelSize": {"width": scan_step_m, "height": scan_step_m}, "DwellTime": "0.001"}}
+          "Scan": {"PixelSize": {"width": scan_step_m, "height": scan_step_m}, "DwellTime": "0.001"},
+          "Detectors": {"Detector-0": {"DetectorName": "Ceta", "DetectorType": "ImagingDetector",
+                                       "ExposureTime": "0.001"}},
+          "Acquisition": {"AcquisitionStartDatetime": {"DateTime": "1700000000"}}}
     if scan_size:
         md["Scan"]["ScanSize"] = {"width": str(sx), "height": str(sy)}
     blob = np.frombuffer(json.dumps(md).encode(), np.uint8)

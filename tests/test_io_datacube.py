@@ -323,6 +323,11 @@ def test_velox_emd_frames_last(tmp_path):
         assert cube.meta["energy_kev"] == pytest.approx(200.0) and cube.meta["convergence_mrad"] == pytest.approx(1.5)
     finally:
         cube.meta["file"].close()
+    from rsciio.emd import file_reader  # the peer reads the same file as a stack of 12 frames
+
+    peer = file_reader(str(tmp_path / "v.emd"))[0]
+    np.testing.assert_array_equal(peer["data"], data.reshape(12, 8, 6))
+    assert peer["axes"][2]["scale"] == pytest.approx(1.0) and peer["axes"][2]["units"] == "1 / nm"
     bare = sf.write_velox(tmp_path / "bare.emd", data, scan_size=False)
     with pytest.raises(FileFormatError, match=r"12 frames .*Scan.ScanSize.*--scan-shape"):
         read_datacube(bare)
