@@ -302,6 +302,11 @@ def test_dm4_4d(tmp_path):
     np.testing.assert_array_equal(np.asarray(cube.data), data)
     assert cube.scan_step_nm == pytest.approx(1.5) and cube.q_pixel_size == pytest.approx(0.02)
     assert cube.meta["energy_kev"] == pytest.approx(300.0)
+    from rsciio.digitalmicrograph import file_reader  # the peer reads the same file and calibration
+
+    peer = file_reader(str(path))[0]
+    np.testing.assert_array_equal(peer["data"], data)
+    assert [(a["scale"], a["units"]) for a in peer["axes"]] == [(1.5, "nm")] * 2 + [(0.2, "1/nm")] * 2
     mrad = read_datacube(sf.write_dm4(tmp_path / "mrad.dm4", data, q_per_nm=0.5, q_units="mrad"))
     assert mrad.q_pixel_size == pytest.approx(0.5e-3 / optics.electron_wavelength_A(300.0))
     blob = path.read_bytes()
@@ -367,8 +372,17 @@ def test_empad_xml_and_raw(tmp_path):
         cube = read_datacube(path)
         assert cube.shape == (3, 2, 128, 128) and cube.data.dtype == np.float32
         np.testing.assert_array_equal(np.asarray(cube.data), data)  # the 2 metadata rows are gone
-    assert cube.scan_step_nm == pytest.approx(200.0) and cube.meta["energy_kev"] == pytest.approx(300.0)
+    assert cube.meta["energy_kev"] == pytest.approx(300.0)
     assert cube.q_pixel_size == pytest.approx(4e-4 / optics.electron_wavelength_A(300.0))
+    # a square field of view over a 3x2 scan: steps of 133.3 nm (y) and 200 nm (x), no single step
+    assert cube.scan_step_nm is None and cube.meta["scan_step_nm_yx"] == pytest.approx((400 / 3, 200.0))
+    from rsciio.empad import file_reader
+
+    peer = file_reader(str(xml))[0]
+    np.testing.assert_array_equal(peer["data"], data)
+    assert [a["scale"] for a in peer["axes"][:2]] == pytest.approx([133.33333, 200.0])
+    square = read_datacube(sf.write_empad(tmp_path, data[:2], fov_m=4e-7, name="sq"))
+    assert square.scan_step_nm == pytest.approx(200.0)
     raw = tmp_path / "scan_x2_y3.raw"
     raw.write_bytes(raw.read_bytes()[:-4])
     with pytest.raises(FileFormatError, match=r"truncated: .* 5 whole EMPAD frames"):

@@ -673,18 +673,19 @@ def _read_empad(path: Path, scan_shape) -> DataCube:
         angle = _finite(iom.get("calibrated_diffraction_angle"))
         q = optics.q_pixel_size_from_angle(angle, energy) if angle and energy else None
         fov = iom.get("optics.get_full_scan_field_of_view")
-        step = None
+        step = steps = None
         if fov is not None and "series_count" not in info:
             fov = [float(v) for v in str(fov).strip("[]").split(",")]
-            step = _finite(fov[0] / from_xml[1] * 1e9)
+            steps = (fov[0] / from_xml[0] * 1e9, fov[1] / from_xml[1] * 1e9)  # paired as RosettaSciIO pairs them
+            step = _finite(steps[0]) if math.isclose(steps[0], steps[1], rel_tol=1e-6) else None
         camera = _finite(iom.get("optics.get_cameralength"))
     shape, shape_source = _scan_shape(raw, n_frames, scan_shape, from_xml, f"its XML ({path.name})")
     source = MemmapFrames(raw, shape + (h, w), np.float32, "empad", offset=0, record=record)
     return _cube(source, scan_step_nm=step, q_pixel_size=q, energy_kev=energy, scan_shape_source=shape_source,
                  sources={"energy_kev": "iom_measurements source.get_voltage (V)" if energy else None,
                           "q_pixel_size": "iom_measurements calibrated_diffraction_angle (rad/px)" if q else None,
-                          "scan_step_nm": "optics.get_full_scan_field_of_view / pix_x" if step else None},
-                 xml=str(path), camera_length_m=camera)
+                          "scan_step_nm": "optics.get_full_scan_field_of_view / (pix_y, pix_x)" if step else None},
+                 xml=str(path), camera_length_m=camera, scan_step_nm_yx=steps)
 
 
 # ----------------------------------------------------------------------------- Gatan DM3/DM4
