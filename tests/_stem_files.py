@@ -19,11 +19,14 @@ MIB_TYPES = {np.dtype("u1"): "U08", np.dtype("u2"): "U16", np.dtype("u4"): "U32"
 
 
 def mib_header(seq: int, ky: int, kx: int, pixel_type: str, depth: int, when: str, exposure_ns: int = 1_000_000,
-               head_size: int = 384) -> bytes:
-    """One Merlin frame header (ASCII, comma-separated, padded with spaces to ``head_size``)."""
-    fields = ["MQ1", f"{seq:06d}", f"{head_size:05d}", "01", f"{kx:04d}", f"{ky:04d}", pixel_type, "   1x1", "01",
-              when.replace("T", " ")[:26], "0.001000", "0", "0", "0"]
-    fields += ["1.500000E+1"] + ["0.000000E+0"] * 7 + ["3RX"] + ["000"] * 28
+               quad: bool = False) -> bytes:
+    """One Merlin frame header (ASCII, comma-separated, padded with spaces to 384 bytes, or 768 for a
+    2x2 quad whose header repeats the thresholds and DACs of each of its 4 chips)."""
+    head_size, chips = (768, 4) if quad else (384, 1)
+    fields = ["MQ1", f"{seq:06d}", f"{head_size:05d}", f"{chips:02d}", f"{kx:04d}", f"{ky:04d}", pixel_type,
+              "  2x2G" if quad else "   1x1", "0F" if quad else "01", when.replace("T", " ")[:26], "0.001000",
+              "0", "0", "0"]
+    fields += ["1.500000E+1"] + ["0.000000E+0"] * 7 + (["3RX"] + ["000"] * 28) * chips
     fields += ["MQ1A", when + "Z", f"{exposure_ns}ns", str(depth), ""]
     text = ",".join(fields).encode()
     assert len(text) <= head_size
@@ -31,7 +34,7 @@ def mib_header(seq: int, ky: int, kx: int, pixel_type: str, depth: int, when: st
 
 
 def write_mib(path: Path, frames: np.ndarray, *, depth: int | None = None, raw: bool = False, times=None,
-              hdr: dict | None = None) -> Path:
+              hdr: dict | None = None, quad: bool = False) -> Path:
     """Write ``frames`` (n, ky, kx) as a Merlin .mib (processed U08/U16/U32, or raw R64 when ``raw``).
 
     The file stores each frame bottom row first (readers reverse ky), so ``frames`` are flipped
@@ -53,7 +56,7 @@ def write_mib(path: Path, frames: np.ndarray, *, depth: int | None = None, raw: 
         times = [str(np.datetime64("2024-05-01T10:00:00.000000000") + np.timedelta64(i, "ms")) for i in range(n)]
     with open(path, "wb") as f:
         for i in range(n):
-            f.write(mib_header(i + 1, ky, kx, pixel_type, depth, times[i]))
+            f.write(mib_header(i + 1, ky, kx, pixel_type, depth, times[i], quad=quad))
             if raw:
                 out = np.zeros((ky, enc[1]), np.uint8)
                 enc[0](np.ascontiguousarray(stored[i]), out)

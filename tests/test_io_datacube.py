@@ -238,10 +238,25 @@ def test_mib_with_hdr_each_counter_depth(tmp_path, dtype, depth):
         assert cube.meta["scan_shape_source"].startswith("its .hdr") and cube.meta["counter_depth"] == depth
         np.testing.assert_array_equal(np.asarray(cube.data), frames.reshape(2, 3, 16, 12))
     assert cube.data[0, 0, 0, 0] == 2**depth - 1
+    from rsciio.quantumdetector import file_reader  # the peer takes the same scan shape from the .hdr
+
+    np.testing.assert_array_equal(file_reader(str(path))[0]["data"], frames.reshape(2, 3, 16, 12))
     with pytest.raises(FileFormatError, match=r"holds 6 frames but its \.hdr .* gives a 3x3 scan.*--scan-shape"):
         sf.write_mib(tmp_path / "short.mib", frames, depth=depth,
                      hdr={"Frames in Acquisition (Number)": 9, "Frames per Trigger (Number)": 3})
         read_datacube(tmp_path / "short.mib")
+
+
+def test_mib_quad_768_byte_headers(tmp_path):
+    frames = _pinned((4, 32, 32), np.uint16, seed=11, top=4095)  # an assembled 2x2 quad frame
+    path = sf.write_mib(tmp_path / "quad.mib", frames, quad=True)
+    assert path.stat().st_size == 4 * (768 + 32 * 32 * 2)
+    cube = read_datacube(path, scan_shape=(2, 2))
+    assert cube.meta["n_chips"] == 4
+    np.testing.assert_array_equal(np.asarray(cube.data), frames.reshape(2, 2, 32, 32))
+    from rsciio.quantumdetector import file_reader
+
+    np.testing.assert_array_equal(file_reader(str(path), navigation_shape=(2, 2))[0]["data"], frames.reshape(2, 2, 32, 32))
 
 
 @pytest.mark.parametrize("depth", [1, 6, 12])
