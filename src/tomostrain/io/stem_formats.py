@@ -263,7 +263,8 @@ def _scan_shape(path, n_frames: int, given, from_file, what_file: str, unknown: 
             state = "truncated (or an interrupted acquisition)" if n_frames < from_file[0] * from_file[1] else "longer"
             raise FileFormatError(
                 f"{path} is {state}: it holds {n_frames} frames but {what_file} gives a "
-                f"{from_file[0]}x{from_file[1]} scan; give {OPTION} to read it anyway"
+                f"{from_file[0]}x{from_file[1]} scan; to read it anyway give {OPTION} with "
+                f"scan_y x scan_x = {n_frames}"
             )
         return tuple(from_file), what_file
     if n_frames == 1:
