@@ -34,6 +34,17 @@ def _shape(text: str) -> tuple[int, int, int, int]:
     return shape
 
 
+def _scan_shape(text: str) -> tuple[int, int]:
+    """'sy,sx' -> a pair of positive ints."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 2 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected scan_y,scan_x (2 positive integers), got {text!r}")
+    return shape
+
+
 def _probe(text: str):
     """A region 'y0:y1,x0:x1' or the path of a probe image."""
     return _region(text) if ":" in text and "," in text and not Path(text).exists() else Path(text)
@@ -88,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
 
     s = sub.add_parser("stem", help="calibrate a 4D-STEM scan, find Bragg disks, map strain and phases")
-    s.add_argument("input", type=Path, help="4D-STEM data: .npy, HDF5, py4DSTEM .emd (raw needs --shape/--dtype)")
+    s.add_argument("input", type=Path,
+                   help="4D-STEM data: .npy, HDF5, py4DSTEM .emd, Merlin .mib (+ .hdr), blockfile .blo, DM3/DM4 4D, "
+                        "Velox .emd, fpd HDF5, Dectris *_master.h5, EMPAD .xml (raw needs --shape/--dtype)")
     s.add_argument("-o", "--output", type=Path, required=True, help="result file (.h5)")
     s.add_argument("--phases", default="NiO,Ni,Na2O", help="candidate phases, comma-separated (default NiO,Ni,Na2O)")
     s.add_argument("--reference", type=_region, default=None, metavar="y0:y1,x0:x1",
@@ -100,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--convergence-mrad", type=float, default=None, help="probe semi-angle (mrad); default from the file")
     s.add_argument("--shape", type=_shape, default=None, help="raw files: scan_y,scan_x,ky,kx")
     s.add_argument("--dtype", default=None, help="raw files: numpy dtype, e.g. uint16")
+    s.add_argument("--scan-shape", type=_scan_shape, default=None, metavar="SY,SX",
+                   help="scan rows,columns where the file does not record them (.mib without .hdr, Dectris, EMPAD)")
     s.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
 
     r = sub.add_parser("run", help="run a TOML job file (the batch form of tomo and stem)")
@@ -149,7 +164,7 @@ def _dispatch(args, command: str) -> int:
         pipeline.stem(
             args.input, args.output, phases=args.phases.split(","), reference=args.reference, probe=args.probe,
             q_pixel_size=args.q_pixel_size, energy_kev=args.energy_kev, convergence_mrad=args.convergence_mrad,
-            shape=args.shape, dtype=args.dtype, backend=args.backend, command=command,
+            shape=args.shape, dtype=args.dtype, backend=args.backend, command=command, scan_shape=args.scan_shape,
         )
         return 0
     if args.command == "run":

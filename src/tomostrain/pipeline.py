@@ -248,14 +248,15 @@ def _now() -> str:
 
 def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=None, q_pixel_size=None,
          energy_kev=None, convergence_mrad=None, shape=None, dtype=None, backend="auto", command="",
-         job: Job | None = None) -> Path | None:
+         job: Job | None = None, scan_shape=None) -> Path | None:
     """Calibrate a 4D-STEM scan, find Bragg disks, fit the lattice, map strain and phases.
 
     ``reference`` (y0, y1, x0, x1) is the unstrained region (default: every position of the main
     phase, i.e. the most frequent non-vacuum phase); ``probe`` a vacuum region (y0, y1, x0, x1), a
     probe image file (.npy/.tif) or None for the positions that scatter least. The q pixel size
     (1/Å) comes from the file's metadata unless given. With ``job`` given, the steps are added to
-    that job and nothing is written here.
+    that job and nothing is written here. ``scan_shape`` (scan_y, scan_x) is for microscope files
+    that do not record it (a Merlin .mib without .hdr, Dectris data, ...).
     """
     from .strain import calibrate
     from .strain.disks import disk_geometry, find_bragg_disks
@@ -270,11 +271,12 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
         raise InputError(f"reference must be (y0, y1, x0, x1), got {reference!r}")
     params = {"stem": {"input": str(input), "phases": list(phases), "reference": reference,
                        "probe": str(probe) if probe is not None else None, "q_pixel_size": q_pixel_size,
-                       "energy_kev": energy_kev, "convergence_mrad": convergence_mrad}}
+                       "energy_kev": energy_kev, "convergence_mrad": convergence_mrad,
+                       "scan_shape": list(scan_shape) if scan_shape is not None else None}}
     own = job is None
     job = job or Job(Path(output), command, params, backend)
     resolve_phases(list(phases))  # unknown names fail before any work
-    cube = io.read_datacube(Path(input), shape=shape, dtype=dtype)
+    cube = io.read_datacube(Path(input), shape=shape, dtype=dtype, scan_shape=scan_shape)
     try:
         q_pixel_size = q_pixel_size or cube.q_pixel_size
         if not q_pixel_size:

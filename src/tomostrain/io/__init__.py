@@ -1,8 +1,10 @@
 """Reading and writing: tilt series, 4D-STEM data cubes and result files (no computation here).
 
 Tilt series: DXchange HDF5, MRC (IMOD, FEI, SerialEM + .mdoc; + .rawtlt/.tlt), TIFF, DM3/DM4
-(stacks or one file per tilt), HyperSpy/ETSpy .hspy, Velox EMD; lazy through ``open_tilt_series``. 4D-STEM: .npy, raw binary, HDF5,
-py4DSTEM EMD. Results: the HDF5 layout of DESIGN.md §4, written atomically.
+(stacks or one file per tilt), HyperSpy/ETSpy .hspy, Velox EMD; lazy through ``open_tilt_series``.
+4D-STEM: .npy, raw binary, HDF5, py4DSTEM EMD, and (``stem_formats``) Merlin MIB, blockfile,
+DM 4D, Velox EMD, fpd, Dectris Arina, EMPAD. Results: the HDF5 layout of DESIGN.md §4, written
+atomically.
 """
 from . import imod
 from .datacube import read_datacube, write_datacube
