@@ -117,7 +117,8 @@ def test_serialem_multitilt_frames_summed_with_mdoc_angle_and_pixel_size():
     raw = _raw_mrc(path).astype(np.float64)
     np.testing.assert_allclose(ts.data[0], raw.sum(0) - 2 * ts.meta["detector_offset"])
     # one angle per frame keeps the frames apart
-    apart = read_tilt_series(path, angles=[0.0, 0.0], offset=None)
+    with pytest.warns(UserWarning, match="gives 1 angles, argument 2"):
+        apart = read_tilt_series(path, angles=[0.0, 0.0], offset=None)
     assert apart.shape == (2, 1024, 1024) and apart.data[1, 5, 7] == raw[1, 5, 7]
 
 
