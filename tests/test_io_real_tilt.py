@@ -404,3 +404,41 @@ def test_serialem_extended_header_angle_without_mdoc(tmp_path):
     assert "SerialEM/IMOD extended header" in ts.meta["angles_source"] and ts.meta["frames_summed"] == [2]
     with_mdoc = open_tilt_series(real_file("etspy/SerialEM_Multiframe_Test/test_002.mrc"))
     assert with_mdoc.meta["angles_source"].endswith("mdoc (TiltAngle)") and "angles_warning" not in with_mdoc.meta
+
+
+@pytest.mark.parametrize("name", ["x.h5", "x.mrc", "x.tif"])
+def test_row_blocks_equal_the_full_read_with_flat_dark_and_log(tmp_path, name):
+    import h5py
+
+    rng = np.random.default_rng(8)
+    data = rng.integers(200, 4000, (5, 12, 9)).astype(np.uint16)
+    path = tmp_path / name
+    if name.endswith(".h5"):
+        with h5py.File(path, "w") as h5:
+            h5["/exchange/data"] = data
+            h5["/exchange/theta"] = np.linspace(0, 180, 5)
+            h5["/exchange/data_white"] = rng.integers(4000, 5000, (3, 12, 9)).astype(np.uint16)
+            h5["/exchange/data_dark"] = rng.integers(50, 100, (2, 12, 9)).astype(np.uint16)
+    else:
+        write_tilt_series(TiltSeries(data, np.linspace(-60, 60, 5)), path)
+    src = pickle.loads(pickle.dumps(open_tilt_series(path, offset=150.0 if not name.endswith(".h5") else "auto")))
+    full = src.to_series().data
+    blocks = np.concatenate([src.read(rows=slice(r, r + 5)) for r in range(0, 12, 5)], axis=1)
+    np.testing.assert_array_equal(blocks, full)
+    np.testing.assert_array_equal(src.read(rows=slice(1, 12, 3)), full[:, 1:12:3])
+    if name.endswith(".h5"):
+        assert src.meta["log_taken"] and src.meta["detector_offset"] == 0.0
+    else:
+        np.testing.assert_array_equal(full, data - 150.0)
+
+
+@pytest.mark.gpu
+def test_apply_xf_on_the_gpu_equals_the_cpu():
+    import cupy
+
+    from tomostrain.reconstruction.xf import alignment_to_xf, apply_xf
+
+    rng = np.random.default_rng(9)
+    data = rng.random((4, 16, 20)).astype(np.float32)
+    xf = alignment_to_xf(rng.normal(0, 2, (4, 2)), 12.0)
+    np.testing.assert_allclose(cupy.asnumpy(apply_xf(cupy.asarray(data), xf)), apply_xf(data, xf), atol=1e-5)
