@@ -189,7 +189,7 @@ class TiltSource:
         summed, ``-log``."""
         if not isinstance(rows, slice):
             raise InputError(f"rows must be a slice of detector rows, got {type(rows).__name__}")
-        out = self._read(rows, self.offset, self.take_log)
+        out = self._read(rows)
         try:
             _check_finite(out, "tilt series data")
         except InputError as exc:
@@ -218,21 +218,18 @@ class TiltSource:
 
         return microscope.read_images(self.format, self.spec, images, rows)
 
-    def _read(self, rows, offset, take_log, projections=None):
-        index = range(len(self.groups)) if projections is None else projections
-        wanted = [self.groups[k] for k in index]
-        flat_images = np.unique(np.concatenate([np.asarray(g) for g in wanted]))
-        raw = self._raw(flat_images, rows)
+    def _read(self, rows):
+        """Raw images of every projection's frames -> flat/dark or offset -> frames summed -> -log."""
+        raw = self._raw(np.arange(sum(len(g) for g in self.groups)), rows)
         if self.flat or self.spec.get("dark"):
             raw = _flat_dark(self.spec, raw, rows, self.flat)
-        elif offset:
-            raw -= np.float32(offset)
-        pos = {int(i): k for k, i in enumerate(flat_images)}
-        if all(len(g) == 1 for g in wanted):
-            out = raw[[pos[int(g[0])] for g in wanted]]
+        elif self.offset:
+            raw -= np.float32(self.offset)
+        if all(len(g) == 1 for g in self.groups):
+            out = raw
         else:
-            out = np.stack([raw[[pos[int(i)] for i in g]].sum(axis=0) for g in wanted])
-        if take_log:
+            out = np.stack([raw[list(g)].sum(axis=0) for g in self.groups])
+        if self.take_log:
             out = -np.log(np.maximum(out, np.float32(FLOOR)))
         return np.ascontiguousarray(out, dtype=np.float32)
 
