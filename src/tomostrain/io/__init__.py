@@ -3,7 +3,7 @@
 Tilt series: DXchange HDF5, IMOD MRC (+ .rawtlt/.tlt), TIFF. 4D-STEM: .npy, raw binary, HDF5,
 py4DSTEM EMD. Results: the HDF5 layout of DESIGN.md §4, written atomically.
 """
-from .datacube import read_datacube, write_datacube
+from .datacube import check_datacube, read_datacube, write_datacube
 from .images import read_image
 from .results import append_results, read_results, write_results
 from .tiltseries import TiltSeries, read_tilt_series, write_tilt_series
@@ -13,6 +13,7 @@ __all__ = [
     "read_tilt_series",
     "write_tilt_series",
     "read_datacube",
+    "check_datacube",
     "write_datacube",
     "write_results",
     "append_results",

@@ -114,6 +114,7 @@ def _check_finite(array, what: str) -> None:
 # ------------------------------------------------------------------------------------ reading
 
 
+@_files.reader_errors("tilt series")
 def read_tilt_series(path, *, angles=None, log: bool | None = None, dataset: str | None = None):
     """Read a tilt series (format from the suffix, see the module docstring) -> TiltSeries.
 
@@ -155,6 +156,7 @@ def read_tilt_series(path, *, angles=None, log: bool | None = None, dataset: str
             f"{len(ang)} tilt angles ({meta['angles_source']}) for {data.shape[0]} projections "
             f"in {path}: need exactly one angle per projection"
         )
+    check_angle_units(ang, meta["angles_source"])
 
     take_log = flat if log is None else bool(log)
     if take_log:
@@ -168,6 +170,24 @@ def read_tilt_series(path, *, angles=None, log: bool | None = None, dataset: str
         raise FileFormatError(f"{path}: {exc}") from exc
 
 
+#: angles within +-this (after any declared radian conversion) over a wider span look like radians
+RADIAN_LIMIT = np.pi + 1e-6
+
+
+def check_angle_units(angles, source: str) -> None:
+    """GeometryError for angles that cannot be degrees: all within +-pi over a span of more than
+    0.5 (radians taken for degrees), or beyond +-360."""
+    a = np.asarray(angles, np.float64)
+    if a.size < 3 or not np.isfinite(a).all():
+        return
+    if np.abs(a).max() > 360:
+        raise GeometryError(f"tilt angles from {source} reach {np.abs(a).max():g}: degrees within +-360 expected")
+    if np.abs(a).max() <= RADIAN_LIMIT and np.ptp(a) > 0.5:
+        raise GeometryError(
+            f"tilt angles from {source} span {a.min():.3g}..{a.max():.3g}: these look like radians, but "
+            "tomostrain reads degrees; convert them (or, in DXchange, set the theta attribute units='rad')")
+
+
 def _read_dxchange(path: Path, name: str):
     with _files.open_h5(path) as h5:
         ds = _files.h5_dataset(h5, name)
@@ -175,15 +195,17 @@ def _read_dxchange(path: Path, name: str):
             raise FileFormatError(
                 f"{path}:{name} must be 3D (n_angles, n_rows, n_cols), got shape {ds.shape}"
             )
+        _files.real_dtype(ds.dtype, f"{path}:{name}")
         data = _files.read_h5(ds, np.float32)
-        px = ds.attrs.get("pixel_size_nm")
+        px = _files.h5_attr(ds, "pixel_size_nm")
         px = None if px is None else float(px)
 
         theta = None
         if "/exchange/theta" in h5:
             th = _files.h5_dataset(h5, "/exchange/theta")
+            _files.real_dtype(th.dtype, f"{path}:/exchange/theta")
             theta = np.ravel(_files.read_h5(th, np.float64))
-            units = th.attrs.get("units", "degrees")
+            units = _files.h5_attr(th, "units", "degrees")
             units = units.decode() if isinstance(units, bytes) else str(units)
             if units.lower() in ("rad", "radian", "radians"):
                 theta = np.degrees(theta)
@@ -207,6 +229,7 @@ def _mean_field(h5, name: str, frame_shape):
     if name not in h5:
         return None
     ds = _files.h5_dataset(h5, name)
+    _files.real_dtype(ds.dtype, f"{h5.filename}:{name}")
     field_ = _files.read_h5(ds, np.float32)
     if field_.ndim == 2:
         field_ = field_[None]
@@ -225,7 +248,18 @@ def _read_mrc(path: Path):
 
     path = _files.existing_file(path, "MRC file")
     try:
-        with mrcfile.open(path, mode="r", permissive=False) as mrc:
+        with mrcfile.mmap(path, mode="r", permissive=False) as mrc:
+            expected = 1024 + int(mrc.header.nsymbt) + int(mrc.data.nbytes)
+            size = path.stat().st_size
+            if size != expected:  # mrcfile only warns about extra bytes
+                state = "truncated" if size < expected else "longer than its header says"
+                raise FileFormatError(f"MRC file {path} is {state}: {size} bytes, but its header "
+                                      f"({mrc.data.shape} of {mrc.data.dtype}) needs {expected} bytes")
+            _files.real_dtype(mrc.data.dtype, f"MRC file {path}")
+            from ..safety import preflight
+
+            preflight(mrc.data.size * 4, f"reading MRC file {path} ({mrc.data.shape})",
+                      "crop or bin the stack into a smaller file, or run it on a bigger machine")
             data = np.array(mrc.data, dtype=np.float32)
             vx = float(mrc.voxel_size.x)
     except (ValueError, OSError, EOFError) as exc:
@@ -242,7 +276,9 @@ def _read_tiff(path: Path):
     path = _files.existing_file(path, "TIFF file")
     try:
         with tifffile.TiffFile(path) as tif:
-            data = np.asarray(tif.asarray(), dtype=np.float32)
+            raw = tif.asarray()
+            _files.real_dtype(raw.dtype, f"TIFF file {path}")
+            data = np.asarray(raw, dtype=np.float32)
             px = _tiff_pixel_size_nm(tif)
             images = (tif.imagej_metadata or {}).get("images")
     except (tifffile.TiffFileError, ValueError, OSError, EOFError) as exc:
@@ -290,11 +326,17 @@ def _sibling_angle_file(path: Path) -> Path:
     )
 
 
+@_files.reader_errors("angle file")
 def read_angle_file(path) -> np.ndarray:
     """Angles (degrees, float64) from a text file with one angle per line (IMOD .rawtlt/.tlt)."""
     path = _files.existing_file(path, "angle file")
     values = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(f"angle file {path} is not text (byte {exc.start} is not UTF-8); "
+                              "expected one angle in degrees per line") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
         text = line.strip()
         if not text:
             continue
