@@ -232,6 +232,10 @@ def _segment_and_quantify(job: Job, classes: int, voxel_size_nm: float) -> None:
             # TV keeps phase edges while flattening noise; vacuum dominates the histogram, so a
             # Gaussian blur would smear the few-voxel shell into it. Weight relative to the bright end.
             weight = TV_WEIGHT * float(xp.percentile(volume, 99.5))
+            if not weight > 0:
+                raise InputError("cannot segment: the reconstructed volume has no positive density (its "
+                                 "brightest voxels are <= 0); is the tilt series empty, inverted or "
+                                 "bright-field? HAADF projections must be brighter where there is material")
             thresholds, labels = multi_otsu(tv_denoise(volume, weight), classes)
             tomo_results["labels"] = be.to_host(labels).astype(np.uint8)
             tomo_results.setdefault("@attrs", {})["thresholds"] = [float(t) for t in be.to_host(thresholds)]
@@ -318,6 +322,7 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
                 kernel = _probe_template(cube, probe, b)
                 origin = calibrate.fit_origin(cube, backend=b)
                 radius = disk_geometry(kernel)[2]
+                _check_disk(radius, cube.detector_shape, input)
                 st["calibration"] = {"origin": be.to_host(origin).astype(np.float32), "probe": be.to_host(kernel),
                                      "@attrs": {"q_pixel_size": q_pixel_size, "disk_radius_px": radius,
                                                 "energy_kev": energy_kev or cube.meta.get("energy_kev"),
@@ -398,7 +403,26 @@ def _fit_ellipse(peaks, origin, g1, g2, region):
     pts = np.concatenate([u, v, u + v, u - v])
     rings = np.repeat([0, 0, 1, 1], len(u))
     ok = np.isfinite(pts).all(1)
-    return calibrate.fit_ellipse(pts[ok], rings[ok])
+    try:
+        return calibrate.fit_ellipse(pts[ok], rings[ok])
+    except CalibrationError:
+        raise CalibrationError(
+            f"cannot measure the elliptical distortion of the diffraction patterns: only {int(region.sum())} "
+            f"reference position(s) with indexed Bragg disks, too few for the fit; give --reference over a larger "
+            "crystalline region of the main phase") from None
+
+
+def _check_disk(radius, detector_shape, source) -> None:
+    """The probe's central disk must be measurable and leave room for the dark-field ring."""
+    half = min(detector_shape) / 2
+    if not np.isfinite(radius) or radius <= 0:
+        raise CalibrationError(f"{source}: no central (bright-field) disk could be measured in the probe "
+                               "template; give --probe with a vacuum region or a probe image")
+    if 2.5 * radius >= half:
+        raise CalibrationError(
+            f"{source}: the central disk of the probe (radius {radius:.1f} px) is too large for the "
+            f"{detector_shape[0]}x{detector_shape[1]} detector: no room for a dark-field ring (needs "
+            f"radius < {half / 2.5:.1f} px); are the patterns uniform, or is --probe not a vacuum region?")
 
 
 def _close(cube) -> None:

@@ -29,6 +29,7 @@ records what happened.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,7 +249,10 @@ def _read_mrc(path: Path):
 
     path = _files.existing_file(path, "MRC file")
     try:
-        with mrcfile.mmap(path, mode="r", permissive=False) as mrc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a size mismatch is an error below
+            mrc = mrcfile.mmap(path, mode="r", permissive=False)
+        with mrc:
             expected = 1024 + int(mrc.header.nsymbt) + int(mrc.data.nbytes)
             size = path.stat().st_size
             if size != expected:  # mrcfile only warns about extra bytes
