@@ -42,12 +42,12 @@ class Job:
 
     def __init__(self, out: Path, command: str, parameters: dict, backend: str, console=None, inputs=()):
         self.out = Path(out)
+        # before any work: never write over an input; one writer per output (safety.py)
+        self.inputs = safety.job_inputs(parameters)  # what the checkpoint key holds
+        safety.check_output(self.out, self.inputs + safety.job_inputs({}, inputs))  # + the job file
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.backend = be.resolve(backend)
         self.parameters = parameters
-        # before any work: never write over an input; one writer per output (safety.py)
-        self.inputs = safety.job_inputs(parameters, inputs)
-        safety.check_output(self.out, self.inputs)
         self.lock = safety.lock_output(self.out)
         self.key = self._checkpoint_key()
         self.provenance = {

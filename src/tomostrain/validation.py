@@ -244,7 +244,7 @@ def read_job_file(path) -> dict:
     if not any(k in spec for k in WORK_SECTIONS):
         raise InputError(f"job file {path} needs [job] and [tomo] and/or [stem] sections; found "
                          f"{', '.join('[' + k + ']' for k in spec) or 'none'}")
-    if "job" not in spec or "output" not in spec["job"]:
+    if "job" not in spec:
         raise InputError(f"job file {path}: [job] output = 'RESULT.h5' is required")
     out = {}
     errors = []
