@@ -136,8 +136,8 @@ def check_output(out, inputs=()) -> Path:
                 except OSError:
                     same = False
             if same:
-                what = "an input" if p == source else f"a file read with the input {source.name}"
-                raise InputError(f"output {out} would overwrite {what} ({p}); choose another output name")
+                what = f"the input {p.name}" if p == source else f"{p.name}, read with the input {source.name}"
+                raise InputError(f"output {out} would overwrite {what}; choose another output name")
     return out
 
 

@@ -169,7 +169,7 @@ def _messages(section: str, model, exc: ValidationError, values: dict, lines: di
             msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "should be")
             shown = values.get(key, err.get("input")) if key else None
             what = (f"{key} = {shown!r}: {msg}" if key else msg)
-            flag = _field_extra(model, key).get("cli")
+            flag = _field_extra(model, key).get("cli") or ("--" + key.replace("_", "-") if key != "input" else "")
             if flag and lines is None:
                 what = f"{key} = {shown!r} (option {flag}): {msg}"
         line = (lines or {}).get(key)

@@ -122,6 +122,8 @@ def _read_npy(path: Path) -> DataCube:
     try:
         _files.check_npy_size(path)
         data = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileFormatError:
+        raise
     except (ValueError, OSError, EOFError) as exc:
         raise FileFormatError(f"cannot read {path} as .npy (truncated or not .npy?): {exc}") from exc
     _check_4d(data.shape, str(path))

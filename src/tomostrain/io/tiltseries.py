@@ -266,6 +266,8 @@ def _read_mrc(path: Path):
                       "crop or bin the stack into a smaller file, or run it on a bigger machine")
             data = np.array(mrc.data, dtype=np.float32)
             vx = float(mrc.voxel_size.x)
+    except FileFormatError:
+        raise
     except (ValueError, OSError, EOFError) as exc:
         raise FileFormatError(f"cannot read MRC file {path} (truncated or not MRC?): {exc}") from exc
     if data.ndim == 2:
