@@ -103,10 +103,12 @@ def main(argv=None) -> int:
         print(f"tomostrain: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        from .safety import Interrupted
+        from .safety import Interrupted, last_output
 
         name = "SIGTERM" if isinstance(exc, Interrupted) else "SIGINT"
-        print(f"tomostrain: stopped by {name}; completed steps are checkpointed (OUT.h5.partial), "
+        out = last_output()
+        where = f"{out}.partial" if out is not None else "OUT.h5.partial"
+        print(f"tomostrain: stopped by {name}; completed steps are checkpointed in {where}, "
               "run the same command again to resume", file=sys.stderr)
         return 143 if isinstance(exc, Interrupted) else 130
 

@@ -30,7 +30,7 @@ import socket
 import threading
 from pathlib import Path
 
-from .errors import FileFormatError, InputError, TomostrainError
+from .errors import InputError, TomostrainError
 
 #: sibling files a tilt-series reader may open next to ``STEM.mrc`` / ``STEM.tif``
 SIBLING_SUFFIXES = (".rawtlt", ".tlt", ".mdoc", ".xf")
@@ -366,11 +366,17 @@ def lock_output(out) -> OutputLock:
     lock = OutputLock(out).acquire()
     if getattr(_state, "locks", None) is not None:
         _state.locks.append(lock)
+    _state.last = lock.out
     return lock
 
 
+def last_output():
+    """The output path of the latest job started in this thread (for messages), or None."""
+    return getattr(_state, "last", None)
+
+
 __all__ = [
-    "FileFormatError", "Interrupted", "MemoryLimitError", "OutputBusyError", "OutputLock", "check_output",
+    "Interrupted", "MemoryLimitError", "OutputBusyError", "OutputLock", "check_output",
     "checkpoint_key", "clean_stale_temps", "entry_point", "file_identity", "job_inputs", "key_difference",
-    "lock_output", "memory_limit_bytes", "preflight", "sibling_files",
+    "last_output", "lock_output", "memory_limit_bytes", "preflight", "sibling_files",
 ]
