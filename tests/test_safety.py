@@ -425,26 +425,39 @@ def _stem_job(folder, q, shape):
     return folder / "job.toml"
 
 
-@pytest.mark.parametrize("step, shape", [("phase", (8, 6, 96, 96)), ("calibrate", (6, 8, 96, 96))])
+SAME, OTHER = (8, 6, 96, 96), (6, 8, 96, 96)  # the same raw bytes read with another scan shape
+_CLEAN: dict = {}
+
+
+def _clean_stem(src, q, shape, tmp_path):
+    if shape not in _CLEAN:
+        folder = tmp_path / f"clean{shape[0]}"
+        folder.mkdir()
+        (folder / "scan.raw").write_bytes((src / "scan.raw").read_bytes())
+        _CLEAN[shape] = io.read_results(pipeline.run_job(_stem_job(folder, q, shape)))
+    return _CLEAN[shape]
+
+
+@pytest.mark.parametrize("step, shape", [("calibrate", OTHER), ("virtual", OTHER), ("phase", SAME), ("phase", OTHER),
+                                         ("lattice", SAME), ("lattice", OTHER), ("strain", OTHER)])
 def test_killed_stem_job_resumes_with_types_and_layout_change_restarts(scan_raw, tmp_path, monkeypatch, capsys,
                                                                        step, shape):
     src, q = scan_raw
     (tmp_path / "scan.raw").write_bytes((src / "scan.raw").read_bytes())
     real = _kill_after(monkeypatch, step)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run_job(_stem_job(tmp_path, q, (8, 6, 96, 96)))
+        pipeline.run_job(_stem_job(tmp_path, q, SAME))
     monkeypatch.setattr(pipeline.Job, "step", real)
     resumed = io.read_results(pipeline.run_job(_stem_job(tmp_path, q, shape)))  # shape: the raw layout
     err = capsys.readouterr().err
-    assert ("discarding checkpoint" in err) == (shape != (8, 6, 96, 96))
-    clean_dir = tmp_path / "clean"
-    clean_dir.mkdir()
-    (clean_dir / "scan.raw").write_bytes((src / "scan.raw").read_bytes())
-    clean = io.read_results(pipeline.run_job(_stem_job(clean_dir, q, shape)))
+    assert ("discarding checkpoint" in err) == (shape != SAME)
+    assert ("resuming from" in err) == (shape == SAME)
+    clean = _clean_stem(src, q, shape, tmp_path)
     assert resumed["stem"]["lattice"]["@attrs"]["main_phase"] == clean["stem"]["lattice"]["@attrs"]["main_phase"]
     assert clean["stem"]["lattice"]["@attrs"]["main_phase"] in ("NiO", "Na2O")       # not '"'
     for key in ("exx", "eyy", "exy", "theta"):
         np.testing.assert_array_equal(resumed["stem"]["strain"][key], clean["stem"]["strain"][key])
+    np.testing.assert_array_equal(resumed["stem"]["phase"]["labels"], clean["stem"]["phase"]["labels"])
 
 
 def test_checkpoint_attrs_round_trip_with_their_types(tmp_path):
