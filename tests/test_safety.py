@@ -583,3 +583,34 @@ def test_every_command_refuses_to_overwrite_its_input(inputs, monkeypatch, capsy
             rc = exc.code
         assert rc == 2
         assert _digest(inputs) == before
+
+
+def test_a_real_sigterm_to_a_running_cli_keeps_the_checkpoint(inputs):
+    import time
+
+    out = inputs / "r.h5"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_WAIT_POLICY="PASSIVE")
+    proc = subprocess.Popen([sys.executable, "-m", "tomostrain.cli", "tomo", str(inputs / "tilt.h5"), "-o", str(out),
+                             "--align", "--method", "sirt", "--iterations", "1000000", "--backend", "cpu"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (inputs / "r.h5.partial").exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert (inputs / "r.h5.partial").exists() and (inputs / "r.h5.lock").exists()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143
+    assert err.strip().splitlines()[-1].startswith("tomostrain: stopped by SIGTERM; completed steps are checkpointed in")
+    assert "Traceback" not in err and not out.exists() and not (inputs / "r.h5.lock").exists()
+    assert (inputs / "r.h5.partial").exists() and not list(inputs.glob(".*.tmp"))
+
+
+def test_ctrl_c_is_one_line_exit_130(inputs, monkeypatch, capsys):
+    import tomostrain.reconstruction as rec
+
+    monkeypatch.setattr(rec, "reconstruct", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    rc, err = _run(capsys, ["tomo", inputs / "tilt.h5", "-o", inputs / "r.h5"])
+    assert rc == 130 and err[-1].startswith("tomostrain: stopped by SIGINT") and not (inputs / "r.h5.lock").exists()
