@@ -120,7 +120,9 @@ def test_corrupted_frame_headers_are_caught_on_the_lazy_read(tmp_path):
     blob[4112 + 2 * record] ^= 0xFF  # frame 2's 0xAA55 marker (scan row 1)
     bad = tmp_path / "bad.blo"
     bad.write_bytes(bytes(blob))
-    cube = read_datacube(bad)  # the first and last rows are fine: the open succeeds
+    with pytest.raises(FileFormatError, match=r"frame 2 does not start with"):
+        read_datacube(bad)  # the default check streams through the cube once
+    cube = read_datacube(bad, check=False)  # the first and last rows are fine: the lazy open succeeds
     cube.rows(0, 1)
     with pytest.raises(FileFormatError, match=r"frame 2 does not start with") as err:
         cube.rows(1, 2)
@@ -129,7 +131,7 @@ def test_corrupted_frame_headers_are_caught_on_the_lazy_read(tmp_path):
     blob[3 * (384 + 256 * 256): 3 * (384 + 256 * 256) + 3] = b"XXX"
     bad = tmp_path / "bad.mib"
     bad.write_bytes(bytes(blob))
-    cube = read_datacube(bad, scan_shape=(3, 3))
+    cube = read_datacube(bad, scan_shape=(3, 3), check=False)
     with pytest.raises(FileFormatError, match=r"frame 3 does not start with b'MQ1,'"):
         cube.rows(1, 2)
 
@@ -143,7 +145,9 @@ def test_corrupted_fpd_chunk_is_a_clear_error(tmp_path):
     blob = bytearray(bad.read_bytes())
     blob[info.byte_offset: info.byte_offset + info.size] = bytes(info.size)
     bad.write_bytes(bytes(blob))
-    cube = read_datacube(bad)
+    with pytest.raises(FileFormatError, match=r"bad.hdf5"):
+        read_datacube(bad)  # the default check streams through the cube once
+    cube = read_datacube(bad, check=False)
     try:
         with pytest.raises(FileFormatError, match=r"fpd scan rows 0:1 of .*bad.hdf5") as err:
             cube.rows(0, 1)

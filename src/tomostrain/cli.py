@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="align first: tilt axis, drift and centre (written to /tomo/alignment, and for "
                         "IMOD as OUT.xf + OUT.tlt beside the result)")
     t.add_argument("--tilt-axis", type=float, default=0.0, metavar="DEG",
-                   help="nominal tilt-axis angle (degrees, DESIGN.md §3); --align searches within 10° of it")
+                   help="tilt-axis angle (degrees, DESIGN.md §3); --align searches within 10° of it, "
+                        "without --align it is applied as the known axis")
     t.add_argument("--segment", type=int, default=0, metavar="N",
                    help="segment into N classes including vacuum (multi-Otsu) and quantify; 0 = no segmentation")
     t.add_argument("--angles", type=Path, default=None,
@@ -137,9 +138,15 @@ def main(argv=None) -> int:
     except TomostrainError as exc:
         print(f"tomostrain: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("tomostrain: interrupted (completed steps are checkpointed; run again to resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        from .safety import Interrupted, last_output
+
+        name = "SIGTERM" if isinstance(exc, Interrupted) else "SIGINT"
+        out = last_output()
+        where = f"{out}.partial" if out is not None else "OUT.h5.partial"
+        print(f"tomostrain: stopped by {name}; completed steps are checkpointed in {where}, "
+              "run the same command again to resume", file=sys.stderr)
+        return 143 if isinstance(exc, Interrupted) else 130
 
 
 def _dispatch(args, command: str) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, io
+from . import __version__, io, safety, validation
 from .errors import CalibrationError, InputError
 from .gpu_core import backend as be
 
@@ -40,11 +40,16 @@ def info() -> dict:
 class Job:
     """Steps, progress, provenance and per-step checkpoints of one job writing ``out``."""
 
-    def __init__(self, out: Path, command: str, parameters: dict, backend: str, console=None):
+    def __init__(self, out: Path, command: str, parameters: dict, backend: str, console=None, inputs=()):
         self.out = Path(out)
+        # before any work: never write over an input; one writer per output (safety.py)
+        self.inputs = safety.job_inputs(parameters)  # what the checkpoint key holds
+        safety.check_output(self.out, self.inputs + safety.job_inputs({}, inputs))  # + the job file
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.backend = be.resolve(backend)
         self.parameters = parameters
+        self.lock = safety.lock_output(self.out)
+        self.key = self._checkpoint_key()
         self.provenance = {
             "command": command,
             "parameters": parameters,
@@ -52,11 +57,16 @@ class Job:
             "device": be.device_name(self.backend),
             "started": _now(),
             "step_seconds": {},
+            "inputs": self.key["inputs"],
         }
         self.results: dict = {}
         self._done: set[str] = set()
         self._console = console
         self._resume()
+
+    def _checkpoint_key(self) -> dict:
+        """The parameters plus every input's identity (size, mtime, sampled content hash)."""
+        return safety.checkpoint_key(json.loads(json.dumps(self.parameters, default=str)), self.inputs)
 
     def _resume(self) -> None:
         if not self.partial.exists():
@@ -64,13 +74,17 @@ class Job:
         try:
             old = io.read_results(self.partial)
             attrs = old.get("provenance", {}).get("@attrs", {})
-            same = json.loads(attrs.get("parameters", "null")) == json.loads(json.dumps(self.parameters, default=str))
+            stored = {"parameters": json.loads(attrs.get("parameters", "null")),
+                      "inputs": json.loads(attrs.get("inputs", "{}"))}
+            why = safety.key_difference(stored, self.key)
         except Exception:  # noqa: BLE001 - an unreadable checkpoint is simply not used
-            same = False
-        if not same:
+            why = "it cannot be read"
+        if why:
             self.partial.unlink()
+            self._print(f"discarding checkpoint {self.partial.name}: {why}; starting afresh")
             return
         self.results = {k: v for k, v in old.items() if k != "provenance"}
+        _decode_json_attrs(self.results, json.loads(attrs.get("json_attrs", "[]")))
         self._done = set(json.loads(attrs.get("steps_done", "[]")))
         self.provenance["step_seconds"] = json.loads(attrs.get("step_seconds", "{}"))
         self._print(f"resuming from {self.partial.name}: {', '.join(sorted(self._done))} already done")
@@ -88,12 +102,15 @@ class Job:
         self.provenance["step_seconds"][name] = round(seconds, 3)
         self._done.add(name)
         self._print(f"  {name} done in {seconds:.1f} s")
-        io.write_results(self.partial, self.results, self._provenance(finished=False))
+        prov = self._provenance(finished=False)
+        prov["json_attrs"] = _json_attr_paths(self.results)
+        io.write_results(self.partial, self.results, prov)
 
     def finish(self) -> Path:
-        """Write the complete result file atomically and drop the checkpoint."""
+        """Write the complete result file atomically, drop the checkpoint, release the lock."""
         io.write_results(self.out, self.results, self._provenance(finished=True))
         self.partial.unlink(missing_ok=True)
+        self.lock.release()
         return self.out
 
     def _provenance(self, finished: bool) -> dict:
@@ -110,6 +127,31 @@ class Job:
         self._console.print(text)
 
 
+def _json_attr_paths(tree: dict, prefix: str = "") -> list[str]:
+    """``group/path@attr`` of every attribute io.write_results stores as a JSON string (lists,
+    dicts, None, arrays), so a resumed checkpoint gives them back with their types."""
+    out = []
+    for key, value in tree.items():
+        if key == "@attrs":
+            out += [f"{prefix}@{k}" for k, v in value.items()
+                    if not isinstance(v, (bool, int, float, str, np.bool_, np.integer, np.floating))]
+        elif isinstance(value, dict):
+            out += _json_attr_paths(value, f"{prefix}{key}/")
+    return out
+
+
+def _decode_json_attrs(tree: dict, paths: list[str]) -> None:
+    for path in paths:
+        group, _, name = path.rpartition("@")
+        node = tree
+        for part in filter(None, group.split("/")):
+            node = node.get(part, {})
+        attrs = node.get("@attrs", {})
+        if isinstance(attrs.get(name), str):
+            attrs[name] = json.loads(attrs[name])
+
+
+@safety.entry_point
 def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0, angles=None,
          voxel_size_nm=None, align=False, tilt_axis_deg=0.0, backend="auto", command="",
          job: Job | None = None, offset="auto", xf=None) -> Path | None:
@@ -124,6 +166,12 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
     from .reconstruction import align as find_alignment
     from .reconstruction import reconstruct
 
+    angle_file = isinstance(angles, (str, Path))
+    validation.check("tomo", {"input": "<TiltSeries>" if hasattr(input, "angles_deg") else input, "method": method,
+                              "iterations": iterations, "center": center, "segment": segment,
+                              "angles": angles if angle_file else None, "voxel_size_nm": voxel_size_nm,
+                              "align": align, "tilt_axis_deg": tilt_axis_deg, "offset": offset,
+                              "xf": None if xf is None else str(xf)})
     params = {"tomo": {"input": str(input), "method": method, "iterations": iterations, "center": center,
                        "segment": segment, "voxel_size_nm": voxel_size_nm, "align": bool(align),
                        "tilt_axis_deg": tilt_axis_deg}}
@@ -131,16 +179,19 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
         params["tomo"]["offset"] = offset
     if xf is not None:
         params["tomo"]["xf"] = str(xf)
-    if align and center is not None:
-        raise InputError("give either align (which finds the centre) or center, not both")
-    if align and xf is not None:
-        raise InputError("give either align or an .xf alignment file, not both")
+    if angles is not None:  # the angle file (or values) is part of what a checkpoint depends on
+        params["tomo"]["angles"] = str(angles) if angle_file else np.asarray(angles, np.float64).tolist()
     own = job is None
     job = job or Job(Path(output), command, params, backend)
+    if align and own:  # OUT.xf / OUT.tlt are written too: never over an input (an .ali's .tlt)
+        for side in (job.out.with_suffix(".xf"), job.out.with_suffix(".tlt")):
+            safety.check_output(side, job.inputs)
     series = input if hasattr(input, "angles_deg") else io.read_tilt_series(Path(input), angles=angles,
                                                                                offset=offset)
     voxel = voxel_size_nm or series.pixel_size_nm or 1.0
-    geometry = {"center": center}
+    _tomo_preflight(series.shape, method)
+    # a nominal tilt axis without --align is applied as known geometry, not ignored
+    geometry = {"center": center} if align or not tilt_axis_deg else {"center": center, "tilt_axis_deg": tilt_axis_deg}
     if xf is not None:
         series, geometry = _xf_alignment(job, series, xf, center)
     if align:
@@ -201,6 +252,19 @@ def _write_imod_alignment(out: Path, alignment: dict, shape) -> None:
     io.imod.write_tlt(out.with_suffix(".tlt"), np.asarray(alignment["angles_deg"]))
 
 
+#: float32 volume-sized arrays a reconstruction holds at once (estimate for the memory preflight)
+VOLUME_COPIES = {"fbp": 2, "gridrec": 3}
+ITERATIVE_VOLUME_COPIES = 5
+
+
+def _tomo_preflight(shape, method: str) -> None:
+    n, rows, cols = shape
+    copies = VOLUME_COPIES.get(method, ITERATIVE_VOLUME_COPIES)
+    need = 4 * (copies * rows * cols * cols + 3 * n * rows * cols)
+    safety.preflight(need, f"reconstructing a {rows}x{cols}x{cols} volume with {method}",
+                     "crop or bin the projections (fewer rows or columns), or run it on a bigger machine")
+
+
 TV_WEIGHT = 0.08  # TV denoising weight before segmentation, as a fraction of the 99.5th percentile
 
 
@@ -219,6 +283,10 @@ def _segment_and_quantify(job: Job, classes: int, voxel_size_nm: float) -> None:
             # TV keeps phase edges while flattening noise; vacuum dominates the histogram, so a
             # Gaussian blur would smear the few-voxel shell into it. Weight relative to the bright end.
             weight = TV_WEIGHT * float(xp.percentile(volume, 99.5))
+            if not weight > 0:
+                raise InputError("cannot segment: the reconstructed volume has no positive density (its "
+                                 "brightest voxels are <= 0); is the tilt series empty, inverted or "
+                                 "bright-field? HAADF projections must be brighter where there is material")
             thresholds, labels = multi_otsu(tv_denoise(volume, weight), classes)
             tomo_results["labels"] = be.to_host(labels).astype(np.uint8)
             tomo_results.setdefault("@attrs", {})["thresholds"] = [float(t) for t in be.to_host(thresholds)]
@@ -246,6 +314,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+@safety.entry_point
 def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=None, q_pixel_size=None,
          energy_kev=None, convergence_mrad=None, shape=None, dtype=None, backend="auto", command="",
          job: Job | None = None, scan_shape=None) -> Path | None:
@@ -269,15 +338,26 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
         phases = [p.strip() for p in phases.split(",") if p.strip()]
     if reference is not None and len(reference) != 4:
         raise InputError(f"reference must be (y0, y1, x0, x1), got {reference!r}")
+    validation.check("stem", {"input": input, "phases": list(phases), "reference": reference, "probe": probe,
+                              "q_pixel_size": q_pixel_size, "energy_kev": energy_kev,
+                              "convergence_mrad": convergence_mrad, "shape": shape, "dtype": dtype,
+                              "scan_shape": scan_shape})
+    if isinstance(probe, (str, Path)) and not Path(probe).is_file():
+        raise InputError(f"probe image {probe} not found (--probe takes y0:y1,x0:x1 or an image file)")
     params = {"stem": {"input": str(input), "phases": list(phases), "reference": reference,
                        "probe": str(probe) if probe is not None else None, "q_pixel_size": q_pixel_size,
                        "energy_kev": energy_kev, "convergence_mrad": convergence_mrad,
                        "scan_shape": list(scan_shape) if scan_shape is not None else None}}
+    if shape is not None or dtype is not None:  # the raw layout is part of what a checkpoint depends on
+        params["stem"].update(shape=None if shape is None else [int(v) for v in shape],
+                              dtype=None if dtype is None else str(dtype))
     own = job is None
     job = job or Job(Path(output), command, params, backend)
     resolve_phases(list(phases))  # unknown names fail before any work
-    cube = io.read_datacube(Path(input), shape=shape, dtype=dtype, scan_shape=scan_shape)
+    cube = io.read_datacube(Path(input), shape=shape, dtype=dtype, scan_shape=scan_shape, check=False)
     try:
+        _stem_preflight(cube)
+        io.check_datacube(cube)  # finite, not all zero, not negated: streamed, before any step
         q_pixel_size = q_pixel_size or cube.q_pixel_size
         if not q_pixel_size:
             raise CalibrationError(f"{input}: no q_pixel_size in the file's metadata; give --q-pixel-size (1/Å)")
@@ -296,6 +376,7 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
                 kernel = _probe_template(cube, probe, b)
                 origin = calibrate.fit_origin(cube, backend=b)
                 radius = disk_geometry(kernel)[2]
+                _check_disk(radius, cube.detector_shape, input)
                 st["calibration"] = {"origin": be.to_host(origin).astype(np.float32), "probe": be.to_host(kernel),
                                      "@attrs": {"q_pixel_size": q_pixel_size, "disk_radius_px": radius,
                                                 "energy_kev": energy_kev or cube.meta.get("energy_kev"),
@@ -342,6 +423,17 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
     return job.finish() if own else None
 
 
+#: bytes a stem job keeps per probe position (origin, Bragg peaks, lattice, strain, phase maps)
+STEM_BYTES_PER_POSITION = 1024
+
+
+def _stem_preflight(cube) -> None:
+    sy, sx, ky, kx = cube.shape
+    need = STEM_BYTES_PER_POSITION * sy * sx + 4 * 4 * sx * ky * kx  # results + one scan row of work
+    safety.preflight(need, f"a {sy}x{sx} scan of {ky}x{kx} patterns",
+                     "split the scan into parts (crop scan rows), bin the patterns, or run it on a bigger machine")
+
+
 def _probe_template(cube, probe, backend):
     """Probe kernel from a region, an image file, or the least-scattering positions."""
     from .strain import calibrate
@@ -365,7 +457,26 @@ def _fit_ellipse(peaks, origin, g1, g2, region):
     pts = np.concatenate([u, v, u + v, u - v])
     rings = np.repeat([0, 0, 1, 1], len(u))
     ok = np.isfinite(pts).all(1)
-    return calibrate.fit_ellipse(pts[ok], rings[ok])
+    try:
+        return calibrate.fit_ellipse(pts[ok], rings[ok])
+    except CalibrationError:
+        raise CalibrationError(
+            f"cannot measure the elliptical distortion of the diffraction patterns: only {int(region.sum())} "
+            f"reference position(s) with indexed Bragg disks, too few for the fit; give --reference over a larger "
+            "crystalline region of the main phase") from None
+
+
+def _check_disk(radius, detector_shape, source) -> None:
+    """The probe's central disk must be measurable and leave room for the dark-field ring."""
+    half = min(detector_shape) / 2
+    if not np.isfinite(radius) or radius <= 0:
+        raise CalibrationError(f"{source}: no central (bright-field) disk could be measured in the probe "
+                               "template; give --probe with a vacuum region or a probe image")
+    if 2.5 * radius >= half:
+        raise CalibrationError(
+            f"{source}: the central disk of the probe (radius {radius:.1f} px) is too large for the "
+            f"{detector_shape[0]}x{detector_shape[1]} detector: no room for a dark-field ring (needs "
+            f"radius < {half / 2.5:.1f} px); are the patterns uniform, or is --probe not a vacuum region?")
 
 
 def _close(cube) -> None:
@@ -374,6 +485,7 @@ def _close(cube) -> None:
         handle.close()
 
 
+@safety.entry_point
 def run_job(path, command: str = "") -> Path:
     """Run a TOML job file: ``[job] output, backend`` plus ``[tomo]`` and/or ``[stem]`` sections.
 
@@ -394,32 +506,17 @@ def run_job(path, command: str = "") -> Path:
         phases = ["NiO", "Ni", "Na2O"]
         reference = [0, 8, 0, 8]
     """
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"job file {path} does not exist")
-    try:
-        spec = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"job file {path} is not valid TOML: {exc}") from None
-    unknown = set(spec) - {"job", "tomo", "stem"}
-    if unknown or not ({"tomo", "stem"} & set(spec)):
-        raise InputError(f"job file {path} needs [job] and [tomo] and/or [stem] sections; unknown: {sorted(unknown)}")
+    spec = validation.read_job_file(path)  # every section, key, type and range, before any work
     base = path.parent
     settings = spec.get("job", {})
-    if "output" not in settings:
-        raise InputError(f"job file {path}: [job] output = 'RESULT.h5' is required")
     sections = {k: dict(spec[k]) for k in ("tomo", "stem") if k in spec}
     for name, section in sections.items():
-        if "input" not in section:
-            raise InputError(f"job file {path}: [{name}] input = 'FILE' is required")
-        section["input"] = base / section["input"]
+        for key in validation.path_fields(name):  # relative paths are taken from the job file's folder
+            if isinstance(section.get(key), str):
+                section[key] = base / section[key]
     job = Job(base / settings["output"], command or f"tomostrain run {path}", json.loads(json.dumps(sections, default=str)),
-              settings.get("backend", "auto"))
+              settings.get("backend", "auto"), inputs=[path])
     if "tomo" in sections:
         tomo(output=None, job=job, **sections["tomo"])
     if "stem" in sections:
@@ -437,6 +534,7 @@ DEMO_TILT = dict(shape=(64, 128, 128), angles=(-70.0, 70.0, 2.0), dose=2000.0, p
 DEMO_SCAN = dict(scan_shape=(48, 48), detector_shape=(128, 128))
 
 
+@safety.entry_point
 def demo(output="demo_out", backend: str = "auto", command: str = "tomostrain demo") -> Path:
     """The whole story on synthetic sodiated NiO, with a scorecard against the ground truth.
 

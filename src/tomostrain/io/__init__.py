@@ -7,7 +7,7 @@ DM 4D, Velox EMD, fpd, Dectris Arina, EMPAD. Results: the HDF5 layout of DESIGN.
 atomically.
 """
 from . import imod
-from .datacube import read_datacube, write_datacube
+from .datacube import check_datacube, read_datacube, write_datacube
 from .images import read_image
 from .results import append_results, read_results, write_results
 from .tiltseries import TiltSeries, TiltSource, open_tilt_series, read_tilt_series, write_tilt_series
@@ -19,6 +19,7 @@ __all__ = [
     "TiltSource",
     "open_tilt_series",
     "read_datacube",
+    "check_datacube",
     "write_datacube",
     "write_results",
     "append_results",

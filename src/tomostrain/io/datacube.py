@@ -36,12 +36,16 @@ _Q_UNITS = {"a^-1": 1.0}  # -> 1/Å
 _R_UNITS = {"nm": 1.0, "a": 0.1}  # -> nm
 
 
-def read_datacube(path, *, shape=None, dtype=None, dataset: str | None = None, offset: int = 0, scan_shape=None):
+@_files.reader_errors("4D-STEM file")
+def read_datacube(path, *, shape=None, dtype=None, dataset: str | None = None, offset: int = 0,
+                  scan_shape=None, check: bool = True):
     """Open a 4D-STEM file (format from the suffix) as a lazy DataCube.
 
     Microscope formats (Merlin .mib/.hdr, blockfile .blo, DM3/DM4 4D, Velox .emd, fpd HDF5,
     Dectris ``*_master.h5``, EMPAD .xml/.raw) are read by ``io.stem_formats``; ``scan_shape``
     (scan_y, scan_x) gives the scan where the file does not (e.g. a .mib without .hdr).
+    check : stream through the data once (chunks of scan rows) and refuse NaN/Inf, an all-zero
+        cube and a cube with no positive value (negated data): ``check_datacube``
 
     shape, dtype, offset : raw binary only: (scan_y, scan_x, ky, kx), element dtype (byte order
         included, e.g. ``'<u2'``) and the header size in bytes before the data
@@ -52,9 +56,24 @@ def read_datacube(path, *, shape=None, dtype=None, dataset: str | None = None, o
     suffix = path.suffix.lower()
     fmt = None if shape is not None or dtype is not None or offset or dataset is not None else stem_formats.detect(path)
     if fmt is not None:
-        return stem_formats.read(path, fmt, scan_shape=scan_shape)
-    if scan_shape is not None:
+        cube = stem_formats.read(path, fmt, scan_shape=scan_shape)
+    elif scan_shape is not None:
         raise InputError(f"scan_shape= applies to microscope 4D-STEM formats (.mib, .blo, .emd, ...), not {path.name}")
+    else:
+        cube = _read_plain(path, suffix, shape, dtype, dataset, offset)
+    if check:
+        try:
+            check_datacube(cube)
+        except BaseException:
+            handle = cube.meta.get("file")
+            if handle is not None:
+                handle.close()
+            raise
+    return cube
+
+
+def _read_plain(path: Path, suffix: str, shape, dtype, dataset, offset) -> DataCube:
+    """.npy, raw binary and plain HDF5/EMD cubes (the formats that are not microscope files)."""
     known = tuple(stem_formats.SUFFIX_FORMATS) + (".npy",) + RAW_SUFFIXES + HDF5_SUFFIXES + EMD_SUFFIXES
     if suffix not in known:
         raise FileFormatError(f"unknown 4D-STEM format {suffix!r} for {path}; expected one of {known}")
@@ -69,6 +88,39 @@ def read_datacube(path, *, shape=None, dtype=None, dataset: str | None = None, o
     return _read_h5(path, dataset, emd=suffix in EMD_SUFFIXES)
 
 
+#: bytes of float32 data checked at once by ``check_datacube``
+CHECK_CHUNK_BYTES = 64 << 20
+
+
+def check_datacube(cube: DataCube) -> None:
+    """Stream through a cube in chunks of scan rows and refuse what no 4D-STEM scan holds: NaN
+    or Inf (position and count named), only zeros, or no positive value at all (negated counts).
+    A read failure of the file (a corrupt compressed chunk) becomes a FileFormatError."""
+    source = cube.meta.get("source", "4D-STEM data")
+    bad, first, peak, low = 0, None, -np.inf, np.inf
+    try:
+        for sl, chunk in cube.iter_rows(4 * CHECK_CHUNK_BYTES):
+            finite = np.isfinite(chunk)
+            if not finite.all():
+                if first is None:
+                    idx = np.unravel_index(int(np.flatnonzero(~finite.ravel())[0]), chunk.shape)
+                    first = (idx[0] + sl.start, *map(int, idx[1:]))
+                bad += int((~finite).sum())
+                chunk = np.where(finite, chunk, 0)
+            peak, low = max(peak, float(chunk.max())), min(low, float(chunk.min()))
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise FileFormatError(f"cannot read the data of {source} (damaged or truncated file?): "
+                              f"{type(exc).__name__}: {exc}") from None
+    if bad:
+        raise InputError(f"{source}: {bad} NaN/Inf value(s) in the 4D-STEM data; first at "
+                         f"(scan_y, scan_x, ky, kx) = {tuple(int(i) for i in first)}")
+    if peak == 0 and low == 0:
+        raise InputError(f"{source}: every value of the 4D-STEM data is zero (an empty or unwritten scan)")
+    if peak <= 0:
+        raise InputError(f"{source}: the 4D-STEM data have no positive value (min {low:g}, max {peak:g}); "
+                         "diffraction counts are positive: negated or wrongly offset data?")
+
+
 def _check_4d(shape, where) -> None:
     if len(shape) != 4:
         raise FileFormatError(
@@ -81,10 +133,14 @@ def _check_4d(shape, where) -> None:
 def _read_npy(path: Path) -> DataCube:
     path = _files.existing_file(path, ".npy file")
     try:
+        _files.check_npy_size(path)
         data = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileFormatError:
+        raise
     except (ValueError, OSError, EOFError) as exc:
         raise FileFormatError(f"cannot read {path} as .npy (truncated or not .npy?): {exc}") from exc
     _check_4d(data.shape, str(path))
+    _files.real_dtype(data.dtype, str(path))
     return DataCube(data, meta={"source": str(path), "format": "npy"})
 
 
@@ -122,6 +178,7 @@ def _read_h5(path: Path, dataset: str | None, emd: bool) -> DataCube:
     try:
         ds = _files.h5_dataset(h5, dataset) if dataset is not None else _find_4d(h5, emd)
         _check_4d(ds.shape, f"{path}:{ds.name}")
+        _files.real_dtype(ds.dtype, f"{path}:{ds.name}")
         cal = _attr_calibration(ds)
         if emd:
             cal = {**_emd_calibration(h5, ds), **{k: v for k, v in cal.items() if v is not None}}
@@ -144,15 +201,14 @@ def _read_h5(path: Path, dataset: str | None, emd: bool) -> DataCube:
 
 
 def _find_4d(h5: h5py.File, emd: bool) -> h5py.Dataset:
-    found: list[h5py.Dataset] = []
-    h5.visititems(lambda n, o: found.append(o) if isinstance(o, h5py.Dataset) and o.ndim == 4 else None)
+    found = [d for _name, d in _files.walk_datasets(h5) if d.ndim == 4]
     if emd:  # py4DSTEM/emdfile: <root>/<name>/data with the group's python_class == "DataCube"
-        cubes = [d for d in found if _text(d.parent.attrs.get("python_class")) == "DataCube"]
+        cubes = [d for d in found if _text(_files.h5_attr(d.parent, "python_class")) == "DataCube"]
         found = cubes or found
     if len(found) == 1:
         return found[0]
     if not found:
-        present = ", ".join(f"{n} {h5[n].shape}" for n in _files.list_datasets(h5)) or "none"
+        present = ", ".join(f"{n} {d.shape}" for n, d in _files.walk_datasets(h5)) or "none"
         raise FileFormatError(f"{h5.filename} has no 4D dataset (datasets present: {present})")
     names = ", ".join(f"{d.name} {d.shape}" for d in found)
     raise FileFormatError(f"{h5.filename} has several 4D datasets ({names}); pick one with dataset=")
@@ -181,8 +237,7 @@ def _positive(value, what: str) -> float | None:
 
 
 def _attr_calibration(ds: h5py.Dataset) -> dict:
-    attrs = {**dict(ds.parent.attrs), **dict(ds.attrs)}
-    return {k: _positive(attrs.get(k), k) for k in CALIBRATION_ATTRS}
+    return {k: _positive(_files.h5_attr(ds, k, _files.h5_attr(ds.parent, k)), k) for k in CALIBRATION_ATTRS}
 
 
 def _emd_calibration(h5: h5py.File, ds: h5py.Dataset) -> dict:

@@ -43,11 +43,15 @@ def sibling(path) -> Path | None:
     return None
 
 
-def _text(path: Path, what: str) -> str:
+def _text(path: Path, what: str, strict: bool = False) -> str:
+    """The file's text: UTF-8, else (``strict=False``, SerialEM writes Latin-1 units) Latin-1."""
     path = _files.existing_file(path, what)
     try:
         return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as exc:
+        if strict:
+            raise FileFormatError(f"{what} {path} is not text (byte {exc.start} is not UTF-8); "
+                                  "expected one angle in degrees per line") from None
         try:
             return path.read_bytes().decode("latin-1")
         except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes any byte
@@ -123,7 +127,7 @@ def read_mdoc(path) -> Mdoc:
 def read_angle_file(path) -> np.ndarray:
     """Angles (degrees, float64) from a text file with one angle per line (IMOD .rawtlt/.tlt)."""
     path = Path(path)
-    text = _text(path, "angle file")
+    text = _text(path, "angle file", strict=True)
     values = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         item = line.strip()

@@ -61,6 +61,9 @@ def probe(path) -> dict:
     if have < need:
         raise FileFormatError(f"{path} is truncated: its MRC header announces {nz} images of "
                               f"{ny}x{nx} (mode {mode}), {need} bytes, the file has {have}")
+    if have > need:  # mrcfile only warns; a header that undercounts the data is not trusted
+        raise FileFormatError(f"{path} is longer than its header says: {nz} images of {ny}x{nx} (mode "
+                              f"{mode}) need {need} bytes, the file has {have}")
 
     exttyp = bytes(header["exttyp"]).strip(b"\x00 ").decode("ascii", "replace")
     meta = {"format": "mrc", "mrc_mode": mode, "dtype": np.dtype(_MODES[mode]).name}

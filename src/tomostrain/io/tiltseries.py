@@ -198,6 +198,11 @@ class TiltSource:
 
     def to_series(self) -> TiltSeries:
         """The whole series in memory as a TiltSeries (same corrections as ``read``)."""
+        from ..safety import preflight
+
+        n, rows, cols = self.shape
+        preflight(4 * n * rows * cols, f"reading tilt series {self.path} ({n}x{rows}x{cols})",
+                  "crop or bin the stack into a smaller file, or run it on a bigger machine")
         data = self.read()
         try:
             return TiltSeries(data, self.angles_deg, self.pixel_size_nm, dict(self.meta))
@@ -234,6 +239,7 @@ class TiltSource:
         return np.ascontiguousarray(out, dtype=np.float32)
 
 
+@_files.reader_errors("tilt series")
 def open_tilt_series(path, *, angles=None, log: bool | None = None, dataset: str | None = None,
                      offset="auto") -> TiltSource:
     """Open a tilt series lazily -> TiltSource (see the module docstring for formats and rules).
@@ -299,6 +305,7 @@ def open_tilt_series(path, *, angles=None, log: bool | None = None, dataset: str
 
     flat = bool(found.get("flat", False))
     take_log = flat if log is None else bool(log)
+    check_angle_units(ang, name)
     rows, cols = found["shape"][1:]
     src = TiltSource(path=str(source_name), format=found["format"], spec=found["spec"],
                      shape=(len(groups), rows, cols), angles_deg=np.asarray(ang, np.float64),
@@ -327,6 +334,24 @@ def read_tilt_series(path, *, angles=None, log: bool | None = None, dataset: str
     The input file is opened read-only and never modified.
     """
     return open_tilt_series(path, angles=angles, log=log, dataset=dataset, offset=offset).to_series()
+
+
+#: angles within +-this (after any declared radian conversion) over a wider span look like radians
+RADIAN_LIMIT = np.pi + 1e-6
+
+
+def check_angle_units(angles, source: str) -> None:
+    """GeometryError for angles that cannot be degrees: all within +-pi over a span of more than
+    0.5 (radians taken for degrees), or beyond +-360."""
+    a = np.asarray(angles, np.float64)
+    if a.size < 3 or not np.isfinite(a).all():
+        return
+    if np.abs(a).max() > 360:
+        raise GeometryError(f"tilt angles from {source} reach {np.abs(a).max():g}: degrees within +-360 expected")
+    if np.abs(a).max() <= RADIAN_LIMIT and np.ptp(a) > 0.5:
+        raise GeometryError(
+            f"tilt angles from {source} span {a.min():.3g}..{a.max():.3g}: these look like radians, but "
+            "tomostrain reads degrees; convert them (or, in DXchange, set the theta attribute units='rad')")
 
 
 def _frame_groups(angles) -> tuple:
@@ -482,8 +507,10 @@ def _probe_dxchange(path: Path, name: str) -> dict:
             raise FileFormatError(
                 f"{path}:{name} must be 3D (n_angles, n_rows, n_cols), got shape {ds.shape}"
             )
+        _files.real_dtype(ds.dtype, f"{path}:{name}")
         if ds.dtype.kind not in "uif" or min(ds.shape) == 0:
-            raise FileFormatError(f"{path}:{name} must be a non-empty real array, got {ds.dtype} {ds.shape}")
+            raise FileFormatError(f"{path}:{name} is {ds.dtype} {ds.shape}: tilt series data must be a "
+                                  "non-empty array of real numbers")
         px = ds.attrs.get("pixel_size_nm")
         px = None if px is None else float(px)
         theta = None
