@@ -367,8 +367,8 @@ def sinogram_360_to_180(attenuation, center):
 
 
 def _fold_360_xp(a, center):
-    """Batched 360->180 (integer overlap, linear blend, mean-level match, as algotom with a
-    whole-pixel overlap; a sub-pixel overlap is shifted first with linear interpolation)."""
+    """Batched 360->180 (integer overlap, linear blend, per-sinogram mean-level match, as algotom
+    with a whole-pixel overlap; a sub-pixel overlap is shifted first with linear interpolation)."""
     xp = backend.xp_of(a)
     n, _, ncol = a.shape
     nrow = n // 2 + 1
@@ -391,13 +391,13 @@ def _fold_360_xp(a, center):
     if side == 1:
         w1[ncol - ov:] = down
         w2[:ov] = 1 - down
-        bot = bot * (top[..., -ov:].mean() / bot[..., :ov].mean())
+        bot = bot * (top[..., -ov:].mean(axis=(0, 2), keepdims=True) / bot[..., :ov].mean(axis=(0, 2), keepdims=True))
         out[..., :ncol] = top * w1
         out[..., ncol - ov:] += bot * w2
     else:
         w2[ncol - ov:] = down
         w1[:ov] = 1 - down
-        bot = bot * (top[..., :ov].mean() / bot[..., -ov:].mean())
+        bot = bot * (top[..., :ov].mean(axis=(0, 2), keepdims=True) / bot[..., -ov:].mean(axis=(0, 2), keepdims=True))
         out[..., :ncol] = bot * w2
         out[..., ncol - ov:] += top * w1
     return out, float(ncol - ov / 2.0 - 0.5)
