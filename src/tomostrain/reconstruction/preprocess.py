@@ -447,7 +447,7 @@ def find_center(attenuation, angles_deg, method="vo", rows=None, search=None):
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            found = [find_center_vo(a[:, int(r), :], start=start, stop=stop, ncore=1) for r in rows]
+            found = [find_center_vo(a[:, int(r), :], start=start, stop=stop) for r in rows]
         return float(np.median(found))
     return float(np.median([_center_vo_xp(a[:, int(r), :], start, stop) for r in rows]))
 
@@ -466,9 +466,27 @@ def find_center_360(attenuation, angles_deg):
     return _center_phase(a, angles)
 
 
-def _center_phase(a, angles):
-    from ..gpu_core.registration import shift_2d
+def _row_shifts(rows, refs):
+    """Per row ``d`` with ``rows(x + d) ~ refs(x)``: cross-correlation of the Tukey-tapered,
+    zero-padded rows (attenuation: air is 0), parabolic sub-pixel peak (a whitened phase correlation
+    has a one-pixel-sharp peak that a parabola locates with up to 0.5 px bias: measured 0.45 px
+    on a 64-px phantom, against <= 0.1 px for the plain correlation)."""
+    from ..gpu_core.registration import peak_lag, tukey
 
+    xp = backend.xp_of(rows)
+    n = rows.shape[-1]
+    m = 2 * n
+    win = tukey(n, xp)
+    fa = xp.fft.rfft(rows * win, m)
+    fb = xp.fft.rfft(refs * win, m)
+    cross = fa * xp.conj(fb)
+    corr = xp.fft.irfft(cross, m)
+    k = xp.argmax(corr, axis=-1)
+    idx = xp.arange(rows.shape[0])
+    return peak_lag(k, m, lambda i: corr[idx, i % m], xp)
+
+
+def _center_phase(a, angles):
     xp = backend.xp_of(a)
     step = np.median(np.diff(angles)) if angles.size > 1 else 1.0
     k = int(np.argmin(np.abs(angles - (angles[0] + 180.0))))
@@ -477,10 +495,10 @@ def _center_phase(a, angles):
             f"phase-correlation centre needs views 180 degrees apart; the first is at {angles[0]:.2f} and the "
             f"nearest to +180 at {angles[k]:.2f}: use method='vo'")
     first, mirrored = a[0], a[k][:, ::-1]
-    d = shift_2d(mirrored[None], first[None], xp)[0, 1]  # mirrored(x + d) ~ first(x)
-    # first(x) = mirrored(2c - (n-1) - x)... the mirror of the 180 view about column c is the
-    # 0 view: mirrored(u) = view180(n-1-u), view180(v) = view0(2c - v)  =>  mirrored(u) = view0(2c-n+1+u)
-    return float((a.shape[2] - 1 - d) / 2.0)
+    # per detector row: mirrored(x + d) ~ first(x); the 180 view is the 0 view mirrored about
+    # the axis, view180(v) = view0(2c - v), so mirrored(u) = view180(n-1-u) = view0(2c-n+1+u)
+    d = _row_shifts(xp.asarray(mirrored, dtype=xp.float64), xp.asarray(first, dtype=xp.float64))
+    return float((a.shape[2] - 1 - float(xp.median(d))) / 2.0)
 
 
 def _vo_mask(height, width, radius, xp):
@@ -521,6 +539,15 @@ def _vo_metrics(sino, sino_flip, sino_comp, centers, mask):
     return (power * mask[None]).mean(axis=(1, 2))
 
 
+def _vo_metrics_chunked(sino, cands, mask, budget=256 << 20):
+    """``_vo_metrics`` over candidate chunks that fit ``budget`` bytes of temporaries."""
+    xp = backend.xp_of(sino)
+    per = 2 * sino.size * 40
+    step = max(1, int(budget // per))
+    return xp.concatenate([_vo_metrics(sino, sino[:, ::-1], sino[::-1], cands[i:i + step], mask)
+                           for i in range(0, int(cands.size), step)])
+
+
 def _center_vo_xp(sino, start, stop, ratio=0.5, radius=4, step=0.25):
     """Vo's coarse (whole pixels) then fine (``step``) centre search, batched over candidates."""
     xp = backend.xp_of(sino)
@@ -529,11 +556,11 @@ def _center_vo_xp(sino, start, stop, ratio=0.5, radius=4, step=0.25):
     mask = _vo_mask(2 * nrow, ncol, 0.5 * ratio * ncol, xp)
     coarse = ndi.gaussian_filter(sino, (3, 1), mode="reflect")
     cands = xp.arange(int(np.clip(start, 0, ncol - 1)), int(np.clip(stop, 0, ncol - 1)) + 1, dtype=xp.float64)
-    m = _vo_metrics(coarse, coarse[:, ::-1], coarse[::-1], cands, mask)
+    m = _vo_metrics_chunked(coarse, cands, mask)
     best = float(cands[int(xp.argmin(m))])
     fine = ndi.gaussian_filter(sino, (2, 2), mode="reflect")
     cands = xp.clip(best + xp.arange(-radius, radius + step, step), 0.0, ncol - 1.0)
-    m = _vo_metrics(fine, fine[:, ::-1], fine[::-1], cands, mask)
+    m = _vo_metrics_chunked(fine, cands, mask)
     return float(cands[int(xp.argmin(m))])
 
 
