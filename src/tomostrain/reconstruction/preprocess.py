@@ -214,9 +214,8 @@ def _rings_sort_xp(sinos, size):
     index = xp.argsort(sinos, axis=1, kind="stable")
     ordered = xp.take_along_axis(sinos, index, axis=1)
     smooth = ndi.median_filter(ordered, size=(1, 1, size), mode="reflect")
-    out = xp.empty_like(sinos)
-    xp.put_along_axis(out, index, smooth, axis=1)
-    return out
+    inverse = xp.argsort(index, axis=1)  # undo the sort (no put_along_axis needed on the device)
+    return xp.take_along_axis(smooth, inverse, axis=1)
 
 
 def _rings_normalize_xp(sinos, sigma):
