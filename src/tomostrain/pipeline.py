@@ -239,12 +239,14 @@ def xanes(input, output, *, references, center="auto", rings=None, zingers=0.5, 
                 order = np.argsort(scan.energies_eV)
                 stack = be.xp_of(data).stack([frames[k] for k in order])
                 result, c = xanes_map_2d(stack, scan.energies_eV[order], refs), None
+                selected = _xanes_selected_2d(stack, result)
             else:
                 kw = {} if method in ("fbp", "gridrec") else {"iterations": iterations}
                 opt = XrayOptions(zingers=zingers, beam_background=bg, rings=rings, center=center,
                                   center_method=center_method)
                 result, c, _ = xanes_tomography(data, scan.angles_deg, scan.energies_eV, refs, scan.flats, scan.darks,
                                                 opt, method=method, fit=fit, backend_name=job.backend, **kw)
+                selected = _xanes_selected(data, scan, result, c, opt, job.backend)
             tree = {"fractions": {n: be.to_host(result.fractions[n]) for n in result.names},
                     "amounts": {n: be.to_host(result.amounts[n]) for n in result.names},
                     "density": be.to_host(result.density), "edge_energy_eV": be.to_host(result.edge_energy_eV),
@@ -255,8 +257,53 @@ def xanes(input, output, *, references, center="auto", rings=None, zingers=0.5, 
                                "energies_eV": [float(e) for e in result.energies_eV],
                                "references": list(result.names), "fit": fit, "method": method,
                                "mode": "2d" if scan.data.shape[1] == 1 else "tomography"}}
+            if selected is not None:
+                tree["selected"] = selected
             job.results["xanes"] = tree
     return job.finish() if own else None
+
+
+def _xanes_selected(data, scan, result, center, opt, backend):
+    """Measured spectra (FBP of one slice per energy) and fitted spectra at a few voxels."""
+    from .reconstruction import reconstruct
+    from .reconstruction.preprocess import XrayOptions, preprocess_xray
+    from .spectral.xanes import select_voxels
+
+    index, labels = select_voxels(result)
+    if not len(index):
+        return None
+    row = int(index[0, 0])
+    order = np.argsort(scan.energies_eV)
+    one = XrayOptions(**{**opt.__dict__, "center": None})
+    measured = []
+    for k in order:
+        f = None if scan.flats is None else (scan.flats[k] if scan.flats.ndim == 4 else scan.flats)
+        att, angles, _ = preprocess_xray(data[k][:, row:row + 1], scan.angles_deg,
+                                         None if f is None else f[:, row:row + 1],
+                                         None if scan.darks is None else scan.darks[:, row:row + 1], options=one)
+        vol = be.to_host(reconstruct(att, method="fbp", angles_deg=angles, center=center, backend=backend))
+        measured.append(vol[0][index[:, 1], index[:, 2]])
+    amounts = np.stack([be.to_host(result.amounts[n])[tuple(index.T)] for n in result.names])
+    fitted = (np.asarray(result.matrix) @ amounts).T
+    return {"index": index, "measured_fbp": np.stack(measured, 1), "fitted": fitted,
+            "@attrs": {"labels": labels, "index_axes": "y, z, x"}}
+
+
+def _xanes_selected_2d(stack, result):
+    from .spectral.xanes import select_voxels
+
+    xp = be.xp_of(stack)
+    index, labels = select_voxels(type(result)(**{**result.__dict__,
+                                                  "density": result.density[None],
+                                                  "fractions": {k: v[None] for k, v in result.fractions.items()}}),
+                                  row=0)
+    if not len(index):
+        return None
+    meas = -xp.log(xp.maximum(stack, xp.float32(1e-6)))
+    measured = be.to_host(meas[:, index[:, 1], index[:, 2]]).T
+    amounts = np.stack([be.to_host(result.amounts[n])[index[:, 1], index[:, 2]] for n in result.names])
+    return {"index": index[:, 1:], "measured_fbp": measured, "fitted": (np.asarray(result.matrix) @ amounts).T,
+            "@attrs": {"labels": labels, "index_axes": "y, x"}}
 
 
 TV_WEIGHT = 0.08  # TV denoising weight before segmentation, as a fraction of the 99.5th percentile

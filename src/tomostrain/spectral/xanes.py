@@ -194,6 +194,32 @@ def fit_spectra(spectra, energies_eV, references, min_density=None, edge_windows
                     resid.reshape(shape).astype(xp.float32), {"min_density": float(min_density)})
 
 
+def select_voxels(result: XanesFit, row=None, per_reference=1):
+    """``(index (k, 3) [y, z, x], labels)``: voxels of slice ``row`` (default the middle) to
+    show spectra of: for each reference the dense voxel richest in it, and the densest voxel
+    closest to an equal mix."""
+    names = result.names
+    dens = backend.to_host(result.density)
+    row = dens.shape[0] // 2 if row is None else int(row)
+    d = dens[row]
+    ok = d > result.meta.get("min_density", 0.0)
+    if not ok.any():
+        return np.zeros((0, 3), int), []
+    picks, labels = [], []
+    for n in names:
+        f = np.where(ok, backend.to_host(result.fractions[n])[row], -1.0)
+        order = np.argsort(f, axis=None)[::-1][:per_reference]
+        for flat in order:
+            picks.append((row, *np.unravel_index(flat, f.shape)))
+            labels.append(f"richest in {n}")
+    f0 = backend.to_host(result.fractions[names[0]])[row]
+    mix = np.where(ok, -np.abs(f0 - 0.5), -np.inf)
+    flat = int(np.argmax(mix))
+    picks.append((row, *np.unravel_index(flat, f0.shape)))
+    labels.append("mixed")
+    return np.asarray(picks, int), labels
+
+
 def xanes_map_2d(transmission, energies_eV, references, **kw) -> XanesFit:
     """2-D XANES mapping (no rotation): ``transmission`` (n_energies, rows, cols) flat/dark
     corrected; the -log is fitted per pixel, so amounts are projected (per pixel) amounts."""
