@@ -120,3 +120,33 @@ def test_nickel_references_shift_the_oxide_edge():
     r = nickel_references(e)
     got = edge_energy(np.stack([r["Ni"], r["NiO"]], 1), e)
     assert got[1] - got[0] > 4
+
+
+def test_tomo_cli_xray_options_and_job_file(tmp_path):
+    """`tomostrain tomo` on a raw scan with flats before and after, zingers, rings, beam changes
+    and an off-centre axis: --center auto finds the axis; the [xanes] job section runs too."""
+    s = txm_xanes_series(48, 2, seed=6, center_offset=2.7, angles_deg=np.arange(0, 180.1, 3.0))
+    k = s.energies_eV.size - 1
+    drift = np.linspace(1.0, 1.1, s.angles_deg.size)[:, None, None]  # the beam drifts up 10 % during the scan
+    dark = s.darks.mean(0)
+    raw = (s.data[k] - dark) * drift + dark
+    after = (s.flats[k] - dark) * 1.1 + dark
+    write_xray_scan(XrayScan(raw, s.angles_deg, s.flats[k], s.darks, flats_after=after), tmp_path / "scan.h5")
+    out = tmp_path / "tomo.h5"
+    assert main(["tomo", str(tmp_path / "scan.h5"), "-o", str(out), "--center", "auto", "--zingers", "--rings", "sort",
+                 "--backend", "cpu"]) == 0
+    with h5py.File(out) as h5:
+        assert abs(h5["tomo"].attrs["center"] - s.center) <= 0.3
+        vol = h5["tomo/volume"][()]
+    mu = s.meta["mu_post"] * (s.fraction_ni * s.references["Ni"][k] + (1 - s.fraction_ni) * s.references["NiO"][k]) * s.density
+    inside = s.particle
+    assert abs(vol[inside].mean() / mu[inside].mean() - 1) < 0.03  # the interpolated flats keep the level
+    write_xray_scan(XrayScan(s.data, s.angles_deg, s.flats, s.darks, energies_eV=s.energies_eV), tmp_path / "x.h5")
+    for name, m in s.references.items():
+        write_reference_csv(tmp_path / f"{name}.csv", s.energies_eV, m)
+    (tmp_path / "job.toml").write_text('[job]\noutput = "job.h5"\nbackend = "cpu"\n[xanes]\ninput = "x.h5"\n'
+                                       'references = ["Ni.csv", "NiO.csv"]\nmethod = "fbp"\n')
+    assert main(["run", str(tmp_path / "job.toml")]) == 0
+    with h5py.File(tmp_path / "job.h5") as h5:
+        assert abs(h5["xanes"].attrs["center"] - s.center) <= 0.3
+        assert "selected" in h5["xanes"]
