@@ -45,7 +45,7 @@ def test_xanes_tomography_fractions_from_a_faulty_scan(seed, offset, photons):
     s = txm_xanes_series(64, 4, seed=seed, center_offset=offset, photons=photons)
     opt = XrayOptions(zingers=0.5, beam_background=4, center="auto")
     res, center, _ = xanes_tomography(s.data, s.angles_deg, s.energies_eV, _refs(s), s.flats, s.darks, opt,
-                                      method="cgls", iterations=20, fit="projection")
+                                      method="cgls", iterations=12, fit="projection")
     assert abs(center - s.center) <= 0.3
     f, m = res.fractions["Ni"], s.particle
     rmse = float(np.sqrt(np.mean((f[m] - s.fraction_ni[m]) ** 2)))
