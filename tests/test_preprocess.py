@@ -199,7 +199,5 @@ def test_fold_360_reconstructs_an_offset_scan():
     folded, new_c = pp.sinogram_360_to_180(att, center)
     rec = fbp(folded, angles[: folded.shape[0]], center=new_c)
     ref = fbp(full[: folded.shape[0], None, :].astype(np.float32), angles[: folded.shape[0]])
-    m = min(rec.shape[-1], ref.shape[-1])
     assert folded.shape[-1] == 2 * n - int(round(2 * (n - center) - 1))
     assert abs(rec.mean() * rec.shape[-1] ** 2 - ref.mean() * ref.shape[-1] ** 2) / (ref.mean() * ref.shape[-1] ** 2) < 0.03
-    assert m > 0

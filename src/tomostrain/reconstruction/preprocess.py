@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -586,7 +586,6 @@ class XrayOptions:
     fold_360: bool = False
     center: object = None
     center_method: str = "vo"
-    extra: dict = field(default_factory=dict)
 
 
 def preprocess_xray(projections, angles_deg, flats=None, darks=None, flats_after=None, options=None):
