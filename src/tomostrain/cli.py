@@ -1,4 +1,4 @@
-"""Command line: ``tomostrain info | demo | tomo | stem | run | bench``.
+"""Command line: ``tomostrain info | demo | tomo | stem | xanes | run | bench``.
 
 Errors from bad input print one line (``tomostrain: error: ...``) and exit with code 2.
 """
@@ -45,6 +45,16 @@ def _scan_shape(text: str) -> tuple[int, int]:
     return shape
 
 
+def _center(text: str):
+    """A rotation-axis column (float) or 'auto'."""
+    if text == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a column (pixels) or 'auto', got {text!r}") from None
+
+
 def _probe(text: str):
     """A region 'y0:y1,x0:x1' or the path of a probe image."""
     return _region(text) if ":" in text and "," in text and not Path(text).exists() else Path(text)
@@ -80,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-o", "--output", type=Path, required=True, help="result file (.h5)")
     t.add_argument("--method", default="fbp", choices=["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv", "dart"])
     t.add_argument("--iterations", type=int, default=None, help="iterations of iterative methods")
-    t.add_argument("--center", type=float, default=None, help="rotation-axis column (pixels); default the detector centre")
+    t.add_argument("--center", type=_center, default=None,
+                   help="rotation-axis column (pixels), or 'auto' to find it (--center-method); default the detector centre")
     t.add_argument("--align", action="store_true",
                    help="align first: tilt axis, drift and centre (written to /tomo/alignment, and for "
                         "IMOD as OUT.xf + OUT.tlt beside the result)")
@@ -97,7 +108,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--xf", type=Path, default=None, metavar="FILE.xf",
                    help="reconstruct with an IMOD/AreTomo/ETSpy .xf alignment (instead of --align)")
     t.add_argument("--voxel-size", type=float, default=None, help="voxel size (nm); default from the file")
+    t.add_argument("--center-method", default="vo", choices=["vo", "phase"],
+                   help="--center auto: Vo's sinogram metric (default) or phase correlation of the 0/180 degree views")
+    t.add_argument("--rings", default=None, choices=["sort", "fit", "wavelet", "normalize", "all"],
+                   help="X-ray: ring (stripe) removal on the transmission sinograms")
+    t.add_argument("--zingers", type=float, nargs="?", const=0.5, default=None, metavar="THRESHOLD",
+                   help="X-ray: remove zingers brighter than (1 + THRESHOLD) x their neighbours (default 0.5)")
+    t.add_argument("--beam-background", type=int, default=None, metavar="COLS",
+                   help="X-ray: normalise each projection by its air columns (COLS on each side)")
+    t.add_argument("--paganin", type=float, default=None, metavar="DELTA_BETA",
+                   help="X-ray: Paganin phase retrieval with this delta/beta (needs --energy-kev, --distance-m)")
+    t.add_argument("--energy-kev", type=float, default=None, help="X-ray energy (keV) for --paganin")
+    t.add_argument("--distance-m", type=float, default=None, help="sample-detector distance (m) for --paganin")
     t.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
+
+    x = sub.add_parser("xanes", help="TXM-XANES tomography (or 2-D mapping): per-voxel fractions of reference spectra")
+    x.add_argument("input", type=Path, nargs="+", help="DXchange .h5 with /exchange/energy (or one file per energy)")
+    x.add_argument("-o", "--output", type=Path, required=True, help="result file (.h5)")
+    x.add_argument("--references", required=True, help="reference spectra, comma-separated CSV files 'energy_eV,mu'")
+    x.add_argument("--center", type=_center, default="auto", help="rotation-axis column or 'auto' (default)")
+    x.add_argument("--center-method", default="vo", choices=["vo", "phase"])
+    x.add_argument("--rings", default=None, choices=["sort", "fit", "wavelet", "normalize", "all"])
+    x.add_argument("--zingers", type=float, default=0.5, metavar="THRESHOLD", help="zinger threshold (default 0.5)")
+    x.add_argument("--beam-background", type=int, default=None, metavar="COLS",
+                   help="air columns on each side for beam normalisation (default n_cols // 16)")
+    x.add_argument("--method", default="cgls", choices=["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv"])
+    x.add_argument("--iterations", type=int, default=12,
+                   help="iterations of iterative methods (default 12: early stopping regularises the noise)")
+    x.add_argument("--fit", default="projection", choices=["projection", "volume"],
+                   help="fit per projection pixel then reconstruct the amounts (default), or per voxel")
+    x.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
 
     s = sub.add_parser("stem", help="calibrate a 4D-STEM scan, find Bragg disks, map strain and phases")
     s.add_argument("input", type=Path,
@@ -165,6 +205,16 @@ def _dispatch(args, command: str) -> int:
             segment=args.segment, angles=args.angles, voxel_size_nm=args.voxel_size, align=args.align,
             tilt_axis_deg=args.tilt_axis, backend=args.backend, command=command,
             offset=args.offset, xf=args.xf,
+            center_method=args.center_method, rings=args.rings, zingers=args.zingers,
+            beam_background=args.beam_background, paganin=_paganin_args(args),
+        )
+        return 0
+    if args.command == "xanes":
+        pipeline.xanes(
+            args.input if len(args.input) > 1 else args.input[0], args.output, references=args.references,
+            center=args.center, rings=args.rings, zingers=args.zingers, beam_background=args.beam_background,
+            method=args.method, iterations=args.iterations, fit=args.fit, center_method=args.center_method,
+            backend=args.backend, command=command,
         )
         return 0
     if args.command == "stem":
@@ -178,6 +228,16 @@ def _dispatch(args, command: str) -> int:
         pipeline.run_job(args.job, command=command)
         return 0
     raise AssertionError(args.command)
+
+
+def _paganin_args(args):
+    if args.paganin is None:
+        return None
+    from .errors import InputError
+
+    if args.energy_kev is None or args.distance_m is None:
+        raise InputError("--paganin needs --energy-kev and --distance-m")
+    return {"delta_beta": args.paganin, "energy_kev": args.energy_kev, "distance_m": args.distance_m}
 
 
 def _bench(argv: list[str]) -> int:

@@ -154,7 +154,8 @@ def _decode_json_attrs(tree: dict, paths: list[str]) -> None:
 @safety.entry_point
 def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0, angles=None,
          voxel_size_nm=None, align=False, tilt_axis_deg=0.0, backend="auto", command="",
-         job: Job | None = None, offset="auto", xf=None) -> Path | None:
+         job: Job | None = None, offset="auto", xf=None, rings=None, zingers=None, paganin=None,
+         beam_background=None, center_method="vo") -> Path | None:
     """Reconstruct a tilt series file, folder of one-file-per-tilt images (or TiltSeries),
     optionally aligned first (``align``: tilt axis searched near ``tilt_axis_deg``, drift, centre;
     ``OUT.xf``/``OUT.tlt`` are written beside the result for IMOD) or with an IMOD/AreTomo/ETSpy
@@ -162,6 +163,12 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
     detector offset rule of ``io.read_tilt_series`` ("auto", None or a number).
 
     With ``job`` given, the steps are added to that job and nothing is written here.
+
+    X-ray data (DXchange with flats): ``rings`` (a ``preprocess.RING_METHODS`` name),
+    ``zingers`` (threshold), ``paganin`` (dict ``energy_kev, distance_m, delta_beta`` and
+    optionally ``pixel_size_m``, default the file's pixel size), ``beam_background`` (columns)
+    run ``reconstruction.preprocess.preprocess_xray`` on the raw counts (``_xray_series``);
+    ``center="auto"`` finds the rotation axis (``center_method`` "vo" or "phase") on any data.
     """
     from .reconstruction import align as find_alignment
     from .reconstruction import reconstruct
@@ -171,7 +178,9 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
                               "iterations": iterations, "center": center, "segment": segment,
                               "angles": angles if angle_file else None, "voxel_size_nm": voxel_size_nm,
                               "align": align, "tilt_axis_deg": tilt_axis_deg, "offset": offset,
-                              "xf": None if xf is None else str(xf)})
+                              "xf": None if xf is None else str(xf), "rings": rings, "zingers": zingers,
+                              "paganin": paganin, "beam_background": beam_background,
+                              "center_method": center_method})
     params = {"tomo": {"input": str(input), "method": method, "iterations": iterations, "center": center,
                        "segment": segment, "voxel_size_nm": voxel_size_nm, "align": bool(align),
                        "tilt_axis_deg": tilt_axis_deg}}
@@ -181,13 +190,23 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
         params["tomo"]["xf"] = str(xf)
     if angles is not None:  # the angle file (or values) is part of what a checkpoint depends on
         params["tomo"]["angles"] = str(angles) if angle_file else np.asarray(angles, np.float64).tolist()
+    xray = {"rings": rings, "zingers": zingers, "paganin": paganin, "beam_background": beam_background}
+    if any(v is not None for v in xray.values()) or center == "auto":
+        params["tomo"].update(xray, center_method=center_method)
     own = job is None
     job = job or Job(Path(output), command, params, backend)
     if align and own:  # OUT.xf / OUT.tlt are written too: never over an input (an .ali's .tlt)
         for side in (job.out.with_suffix(".xf"), job.out.with_suffix(".tlt")):
             safety.check_output(side, job.inputs)
-    series = input if hasattr(input, "angles_deg") else io.read_tilt_series(Path(input), angles=angles,
-                                                                               offset=offset)
+    if any(v is not None for v in xray.values()):
+        series, center = _xray_series(input, center, center_method, voxel_size_nm, **xray)
+    else:
+        series = input if hasattr(input, "angles_deg") else io.read_tilt_series(Path(input), angles=angles,
+                                                                                   offset=offset)
+        if center == "auto":
+            from .reconstruction.preprocess import find_center
+
+            center = find_center(series.data, series.angles_deg, center_method)
     voxel = voxel_size_nm or series.pixel_size_nm or 1.0
     _tomo_preflight(series.shape, method)
     # a nominal tilt axis without --align is applied as known geometry, not ignored
@@ -210,6 +229,10 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
             volume = reconstruct(series, method=method, backend=job.backend, **geometry, **kw)
             job.results.setdefault("tomo", {})["volume"] = be.to_host(volume).astype(np.float32)
             job.results["tomo"]["@attrs"] = {"method": method, "voxel_size_nm": voxel}
+            if center is not None and not align:
+                job.results["tomo"]["@attrs"]["center"] = float(center)
+            if any(v is not None for v in xray.values()):
+                job.results["tomo"]["@attrs"]["xray_preprocessing"] = {k: v for k, v in xray.items() if v is not None}
     if segment:
         _segment_and_quantify(job, segment, voxel)
     if not own:
@@ -263,6 +286,144 @@ def _tomo_preflight(shape, method: str) -> None:
     need = 4 * (copies * rows * cols * cols + 3 * n * rows * cols)
     safety.preflight(need, f"reconstructing a {rows}x{cols}x{cols} volume with {method}",
                      "crop or bin the projections (fewer rows or columns), or run it on a bigger machine")
+
+
+def _xray_series(input, center, center_method, voxel_size_nm, rings=None, zingers=None, paganin=None,
+                 beam_background=None):
+    """Raw DXchange X-ray scan -> preprocessed ``-log`` TiltSeries and the (found) centre."""
+    from .reconstruction.preprocess import XrayOptions, preprocess_xray
+
+    if hasattr(input, "angles_deg"):
+        raise InputError("X-ray preprocessing (rings, zingers, paganin, beam_background) needs the raw file, "
+                         "not a TiltSeries")
+    scan = io.xray.read_xray_scan(Path(input))
+    px_nm = voxel_size_nm or scan.pixel_size_nm
+    if paganin is not None:
+        paganin = dict(paganin)
+        if "pixel_size_m" not in paganin:
+            if px_nm is None:
+                raise InputError("Paganin needs the pixel size: the file has no pixel_size_nm; give --voxel-size (nm)")
+            paganin["pixel_size_m"] = px_nm * 1e-9
+        missing = {"energy_kev", "distance_m", "delta_beta"} - set(paganin)
+        if missing:
+            raise InputError(f"Paganin needs {sorted(missing)} (energy keV, distance m, delta/beta)")
+    opt = XrayOptions(zingers=zingers, beam_background=beam_background, rings=rings, paganin=paganin,
+                      center=center, center_method=center_method)
+    att, angles, found = preprocess_xray(scan.data, scan.angles_deg, scan.flats, scan.darks, scan.flats_after, opt)
+    meta = dict(scan.meta, log_taken=True, flat_corrected=scan.flats is not None)
+    return io.TiltSeries(att, angles, px_nm, meta), found
+
+
+@safety.entry_point
+def xanes(input, output, *, references, center="auto", rings=None, zingers=0.5, beam_background=None,
+          method="cgls", iterations=12, fit="projection", center_method="vo", backend="auto", command="",
+          job: Job | None = None) -> Path | None:
+    """TXM-XANES tomography (or 2-D XANES mapping when the scan has a single angle) of a raw
+    DXchange file (or a list of per-energy files) to per-voxel fractions of the reference
+    spectra (CSV paths, named by stem); writes ``/xanes`` (DESIGN.md §4).
+
+    Every energy is preprocessed (zingers, flat/dark, beam normalisation from ``beam_background``
+    columns each side, default ``max(2, n_cols // 16)``, optional rings), one centre is found on
+    the energy-summed attenuation (``center="auto"``) or taken as given, and ``fit`` chooses
+    "projection" (NNLS per projection pixel, then one ``method`` reconstruction per reference:
+    measured as accurate as "volume" and n_energies / n_references times cheaper) or "volume".
+    """
+    from .reconstruction.preprocess import XrayOptions, flat_dark_correct, normalize_beam
+    from .spectral.xanes import xanes_map_2d, xanes_tomography
+
+    if isinstance(references, str):
+        references = [r for r in references.split(",") if r]
+    validation.check("xanes", {"input": [str(p) for p in input] if isinstance(input, (list, tuple)) else input,
+                               "references": [str(r) for r in references], "center": center, "rings": rings,
+                               "zingers": zingers, "beam_background": beam_background, "method": method,
+                               "iterations": iterations, "fit": fit, "center_method": center_method})
+    params = {"xanes": {"input": [str(p) for p in input] if isinstance(input, (list, tuple)) else str(input),
+                        "references": [str(r) for r in references], "center": center, "rings": rings,
+                        "zingers": zingers, "beam_background": beam_background, "method": method,
+                        "iterations": iterations, "fit": fit, "center_method": center_method}}
+    own = job is None
+    job = job or Job(Path(output), command, params, backend)
+    refs = io.xray.read_reference_spectra([Path(r) for r in references])
+    scan = io.xray.read_xanes(input if isinstance(input, (list, tuple)) else Path(input))
+    n_cols = scan.data.shape[-1]
+    bg = max(2, n_cols // 16) if beam_background is None else beam_background
+    if not job.done("xanes"):
+        with job.step("xanes"):
+            data = be.to_device(scan.data, job.backend)
+            if scan.data.shape[1] == 1:  # 2-D mapping: no rotation
+                frames = []
+                for k in range(data.shape[0]):
+                    f = scan.flats[k] if scan.flats is not None and scan.flats.ndim == 4 else scan.flats
+                    t = data[k] if f is None else flat_dark_correct(data[k], be.to_device(f, job.backend), scan.darks)
+                    frames.append(normalize_beam(t, bg)[0])
+                order = np.argsort(scan.energies_eV)
+                stack = be.xp_of(data).stack([frames[k] for k in order])
+                result, c = xanes_map_2d(stack, scan.energies_eV[order], refs), None
+                selected = _xanes_selected_2d(stack, result)
+            else:
+                kw = {} if method in ("fbp", "gridrec") else {"iterations": iterations}
+                opt = XrayOptions(zingers=zingers, beam_background=bg, rings=rings, center=center,
+                                  center_method=center_method)
+                result, c, _ = xanes_tomography(data, scan.angles_deg, scan.energies_eV, refs, scan.flats, scan.darks,
+                                                opt, method=method, fit=fit, backend_name=job.backend, **kw)
+                selected = _xanes_selected(data, scan, result, c, opt, job.backend)
+            tree = {"fractions": {n: be.to_host(result.fractions[n]) for n in result.names},
+                    "amounts": {n: be.to_host(result.amounts[n]) for n in result.names},
+                    "density": be.to_host(result.density), "edge_energy_eV": be.to_host(result.edge_energy_eV),
+                    "residual": be.to_host(result.residual),
+                    "references": {"energy_eV": result.energies_eV, "mu": np.asarray(result.matrix).T,
+                                   "@attrs": {"names": list(result.names)}},
+                    "@attrs": {"center": float("nan") if c is None else float(c),
+                               "energies_eV": [float(e) for e in result.energies_eV],
+                               "references": list(result.names), "fit": fit, "method": method,
+                               "mode": "2d" if scan.data.shape[1] == 1 else "tomography"}}
+            if selected is not None:
+                tree["selected"] = selected
+            job.results["xanes"] = tree
+    return job.finish() if own else None
+
+
+def _xanes_selected(data, scan, result, center, opt, backend):
+    """Measured spectra (FBP of one slice per energy) and fitted spectra at a few voxels."""
+    from .reconstruction import reconstruct
+    from .reconstruction.preprocess import XrayOptions, preprocess_xray
+    from .spectral.xanes import select_voxels
+
+    index, labels = select_voxels(result)
+    if not len(index):
+        return None
+    row = int(index[0, 0])
+    order = np.argsort(scan.energies_eV)
+    one = XrayOptions(**{**opt.__dict__, "center": None})
+    measured = []
+    for k in order:
+        f = None if scan.flats is None else (scan.flats[k] if scan.flats.ndim == 4 else scan.flats)
+        att, angles, _ = preprocess_xray(data[k][:, row:row + 1], scan.angles_deg,
+                                         None if f is None else f[:, row:row + 1],
+                                         None if scan.darks is None else scan.darks[:, row:row + 1], options=one)
+        vol = be.to_host(reconstruct(att, method="fbp", angles_deg=angles, center=center, backend=backend))
+        measured.append(vol[0][index[:, 1], index[:, 2]])
+    amounts = np.stack([be.to_host(result.amounts[n])[tuple(index.T)] for n in result.names])
+    fitted = (np.asarray(result.matrix) @ amounts).T
+    return {"index": index, "measured_fbp": np.stack(measured, 1), "fitted": fitted,
+            "@attrs": {"labels": labels, "index_axes": "y, z, x"}}
+
+
+def _xanes_selected_2d(stack, result):
+    from .spectral.xanes import select_voxels
+
+    xp = be.xp_of(stack)
+    index, labels = select_voxels(type(result)(**{**result.__dict__,
+                                                  "density": result.density[None],
+                                                  "fractions": {k: v[None] for k, v in result.fractions.items()}}),
+                                  row=0)
+    if not len(index):
+        return None
+    meas = -xp.log(xp.maximum(stack, xp.float32(1e-6)))
+    measured = be.to_host(meas[:, index[:, 1], index[:, 2]]).T
+    amounts = np.stack([be.to_host(result.amounts[n])[index[:, 1], index[:, 2]] for n in result.names])
+    return {"index": index[:, 1:], "measured_fbp": measured, "fitted": (np.asarray(result.matrix) @ amounts).T,
+            "@attrs": {"labels": labels, "index_axes": "y, x"}}
 
 
 TV_WEIGHT = 0.08  # TV denoising weight before segmentation, as a fraction of the 99.5th percentile
@@ -510,11 +671,14 @@ def run_job(path, command: str = "") -> Path:
     spec = validation.read_job_file(path)  # every section, key, type and range, before any work
     base = path.parent
     settings = spec.get("job", {})
-    sections = {k: dict(spec[k]) for k in ("tomo", "stem") if k in spec}
+    sections = {k: dict(spec[k]) for k in ("tomo", "stem", "xanes") if k in spec}
     for name, section in sections.items():
         for key in validation.path_fields(name):  # relative paths are taken from the job file's folder
-            if isinstance(section.get(key), str):
-                section[key] = base / section[key]
+            value = section.get(key)
+            if isinstance(value, str):
+                section[key] = base / value
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                section[key] = [base / v for v in value]
     job = Job(base / settings["output"], command or f"tomostrain run {path}", json.loads(json.dumps(sections, default=str)),
               settings.get("backend", "auto"), inputs=[path])
     if "tomo" in sections:
@@ -524,6 +688,8 @@ def run_job(path, command: str = "") -> Path:
         if "reference" in s:
             s["reference"] = tuple(s["reference"])
         stem(output=None, job=job, **s)
+    if "xanes" in sections:
+        xanes(output=None, job=job, **sections["xanes"])
     return job.finish()
 
 
@@ -539,7 +705,8 @@ def demo(output="demo_out", backend: str = "auto", command: str = "tomostrain de
     """The whole story on synthetic sodiated NiO, with a scorecard against the ground truth.
 
     Writes into ``output``: the tilt series as DXchange HDF5 and as MRC + .rawtlt, the 4D-STEM
-    scan as HDF5, ``results.h5`` (both pipelines, run from those files) and ``report.html``.
+    scan as HDF5, a small TXM-XANES scan (``txm_xanes.h5``, ``Ni.csv``, ``NiO.csv``),
+    ``results.h5`` (all pipelines, run from those files) and ``report.html``.
     """
     from . import synthetic
     from .report import write_report
@@ -564,11 +731,46 @@ def demo(output="demo_out", backend: str = "auto", command: str = "tomostrain de
     job = Job(out / "results.h5", command, {"demo": {"tilt": DEMO_TILT, "scan": DEMO_SCAN}}, backend)
     tomo(out / "tilt_series.h5", None, method="tv", segment=4, align=True, job=job)
     stem(out / "scan.h5", None, job=job)
+    xanes_truth = _demo_xanes_files(out)
+    xanes(out / "txm_xanes.h5", None, references=[out / "Ni.csv", out / "NiO.csv"], method="fbp", job=job)
     path = job.finish()
     results = io.read_results(path)
     write_report(results, out / "report.html", title="tomostrain demo: sodiated NiO (synthetic)")
     _print_scorecard(results, truth, tilt_truth, stem_truth, job)
+    _print_xanes_scorecard(results, xanes_truth, job)
     return path
+
+
+DEMO_XANES = dict(n=48, n_rows=2, seed=0, center_offset=2.5)
+
+
+def _demo_xanes_files(out: Path):
+    """A small simulated TXM-XANES scan (raw DXchange) and its two reference CSVs."""
+    from .io.xray import XrayScan, write_xray_scan
+    from .synthetic.txm import txm_xanes_series, write_reference_csv
+
+    sim = txm_xanes_series(**DEMO_XANES, angles_deg=np.arange(0, 180.1, 3.0))
+    write_xray_scan(XrayScan(sim.data, sim.angles_deg, sim.flats, sim.darks, energies_eV=sim.energies_eV),
+                    out / "txm_xanes.h5")
+    for name, mu in sim.references.items():
+        write_reference_csv(out / f"{name}.csv", sim.energies_eV, mu)
+    return sim
+
+
+def _print_xanes_scorecard(results: dict, sim, job: Job) -> None:
+    from rich.table import Table
+
+    x = results.get("xanes")
+    if not x:
+        return
+    table = Table(title="demo XANES scorecard: measured vs ground truth")
+    for col in ("quantity", "measured", "truth"):
+        table.add_column(col)
+    table.add_row("rotation axis (px)", f"{float(x['@attrs']['center']):.2f}", f"{sim.center:.2f}")
+    f, m = x["fractions"]["Ni"], sim.particle
+    table.add_row("Ni fraction RMSE in the particle (FBP)", f"{np.sqrt(np.mean((f[m] - sim.fraction_ni[m]) ** 2)):.3f}", "0")
+    table.add_row("mean Ni fraction in the metal particles", f"{f[sim.metal_particles].mean():.2f}", "1.00")
+    job._print(table)
 
 
 def _print_scorecard(results: dict, truth, tilt_truth: dict, stem_truth: dict, job: Job) -> None:

@@ -59,7 +59,12 @@ class TomoOptions(Section):
     input: str = Field(min_length=1, json_schema_extra={"path": True})
     method: Literal["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv", "dart"] = "fbp"
     iterations: Optional[Count] = None
-    center: Optional[Finite] = None
+    center: Union[Literal["auto"], None, Finite] = None
+    center_method: Literal["vo", "phase"] = Field("vo", **_cli("--center-method"))
+    rings: Optional[Literal["sort", "fit", "wavelet", "normalize", "all"]] = Field(None, **_cli("--rings"))
+    zingers: Optional[Positive] = Field(None, **_cli("--zingers"))
+    paganin: Optional[dict[str, Positive]] = Field(None, **_cli("--paganin"))
+    beam_background: Optional[Annotated[int, Field(ge=1)]] = Field(None, **_cli("--beam-background"))
     segment: Annotated[int, Field(ge=0, le=255)] = Field(0, **_cli("--segment"))
     angles: Optional[str] = Field(None, min_length=1, **_cli("--angles", path=True))
     voxel_size_nm: Optional[Positive] = Field(None, **_cli("--voxel-size"))
@@ -131,10 +136,28 @@ class StemOptions(Section):
         return v
 
 
+class XanesOptions(Section):
+    """``tomostrain xanes`` / ``[xanes]``."""
+
+    input: Union[Annotated[str, Field(min_length=1)], Annotated[list[Annotated[str, Field(min_length=1)]],
+                 Field(min_length=1)]] = Field(json_schema_extra={"path": True})
+    references: Union[Annotated[str, Field(min_length=1)], Annotated[list[Annotated[str, Field(min_length=1)]],
+                      Field(min_length=1)]] = Field(json_schema_extra={"path": True, "cli": "--references"})
+    center: Union[Literal["auto"], Finite] = "auto"
+    center_method: Literal["vo", "phase"] = Field("vo", **_cli("--center-method"))
+    rings: Optional[Literal["sort", "fit", "wavelet", "normalize", "all"]] = Field(None, **_cli("--rings"))
+    zingers: Optional[Positive] = Field(0.5, **_cli("--zingers"))
+    beam_background: Optional[Annotated[int, Field(ge=1)]] = Field(None, **_cli("--beam-background"))
+    method: Literal["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv"] = "cgls"
+    iterations: Count = 12
+    fit: Literal["projection", "volume"] = "projection"
+
+
 #: job-file sections (and commands) -> their model; add new commands here
-SECTIONS: dict[str, type[Section]] = {"job": JobSettings, "tomo": TomoOptions, "stem": StemOptions}
+SECTIONS: dict[str, type[Section]] = {"job": JobSettings, "tomo": TomoOptions, "stem": StemOptions,
+                                      "xanes": XanesOptions}
 #: sections of which a job file needs at least one
-WORK_SECTIONS = ("tomo", "stem")
+WORK_SECTIONS = ("tomo", "stem", "xanes")
 
 
 def _plain(value):
@@ -249,7 +272,7 @@ def read_job_file(path) -> dict:
         if not isinstance(v, dict):
             raise InputError(f"job file {path}: {k} must be a [{k}] section, not a value ({v!r})")
     if not any(k in spec for k in WORK_SECTIONS):
-        raise InputError(f"job file {path} needs [job] and [tomo] and/or [stem] sections; found "
+        raise InputError(f"job file {path} needs [job] and [tomo], [stem] and/or [xanes] sections; found "
                          f"{', '.join('[' + k + ']' for k in spec) or 'none'}")
     if "job" not in spec:
         raise InputError(f"job file {path}: [job] output = 'RESULT.h5' is required")

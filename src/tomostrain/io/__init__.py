@@ -11,6 +11,8 @@ from .datacube import check_datacube, read_datacube, write_datacube
 from .images import read_image
 from .results import append_results, read_results, write_results
 from .tiltseries import TiltSeries, TiltSource, open_tilt_series, read_tilt_series, write_tilt_series
+from . import xray
+from .xray import XrayScan, read_reference_spectra, read_xanes, read_xray_scan, write_xray_scan
 
 __all__ = [
     "TiltSeries",
@@ -25,4 +27,9 @@ __all__ = [
     "append_results",
     "read_results",
     "read_image",
+    "XrayScan",
+    "read_xray_scan",
+    "read_xanes",
+    "read_reference_spectra",
+    "write_xray_scan",
 ]

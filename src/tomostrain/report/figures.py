@@ -37,6 +37,41 @@ def result_figures(results: dict) -> list[tuple[str, object]]:
     phase = stem.get("phase", {})
     if "labels" in phase:
         figs.append(("Phase map", _phase(phase)))
+    figs.extend(_xanes_figures(results.get("xanes", {})))
+    return figs
+
+
+def _xanes_figures(xanes: dict) -> list:
+    """XANES: fraction maps, density and edge energy of the middle slice; spectra at selected
+    voxels (measured, FBP) with their fits."""
+    import matplotlib.pyplot as plt
+
+    if "fractions" not in xanes:
+        return []
+    figs = []
+
+    def mid(a):
+        a = np.asarray(a, dtype=float)
+        return a[a.shape[0] // 2] if a.ndim == 3 else a
+
+    maps = {f"fraction {k}": mid(v) for k, v in xanes["fractions"].items() if not k.startswith("@")}
+    figs.append(("XANES: reference fractions (middle slice)", _maps(maps, "viridis")))
+    figs.append(("XANES: density and edge energy (eV)",
+                 _maps({"density": mid(xanes["density"]), "edge energy (eV)": mid(xanes["edge_energy_eV"])}, "magma")))
+    sel = xanes.get("selected", {})
+    if "fitted" in sel:
+        labels = sel.get("@attrs", {}).get("labels", [])
+        if isinstance(labels, str):
+            labels = json.loads(labels)
+        energies = np.asarray(xanes.get("references", {}).get("energy_eV", np.arange(np.shape(sel["fitted"])[1])))
+        fig, ax = plt.subplots(figsize=(6.4, 3.8), constrained_layout=True)
+        for i, (meas, fit) in enumerate(zip(np.asarray(sel["measured_fbp"]), np.asarray(sel["fitted"]))):
+            line = ax.plot(energies, meas, "o", ms=4, label=f"{labels[i] if i < len(labels) else i} {tuple(np.asarray(sel['index'])[i])}")
+            ax.plot(energies, fit, "-", color=line[0].get_color())
+        ax.set_xlabel("energy (eV)")
+        ax.set_ylabel("mu per voxel")
+        ax.legend(fontsize=7)
+        figs.append(("XANES: spectra at selected voxels (points: measured, lines: NNLS fit)", fig))
     return figs
 
 

@@ -1,0 +1,201 @@
+"""X-ray benchmark: preprocessing + reconstruction of a 180-degree scan beside algotom (and
+TomoPy when installed), and XANES fit throughput.
+
+Scan: ``WIDTH`` columns (2048; ``--quick`` 512) x ``ROWS`` rows, ``ANGLES`` projections over
+0..180 degrees (inclusive), raw counts from exact ellipse sinograms with per-pixel gains, gain
+errors the flats miss (rings), zingers, darks, Poisson noise and an off-centre axis. Both
+chains run: zingers -> flat/dark -> ring removal (Vo's sorting) -> -log -> automatic centre
+-> reconstruction. tomostrain: ``preprocess`` + ``gridrec`` (and ``fbp``); algotom:
+``remove_zinger``, ``flat_field_correction``, ``remove_stripe_based_sorting``,
+``find_center_vo``, ``dfi_reconstruction``, per sinogram. Recorded: seconds per slice for each
+stage, the centre error (px) of each finder (tomostrain vo / phase, algotom vo / phase
+correlation, TomoPy ``find_center_vo`` when importable), and the reconstruction RMSE against the
+phantom.
+
+XANES: ``nnls`` throughput (voxels/s) for 2 and 4 references over 15 energies, and the whole
+``xanes_tomography`` on a 64-px, 4-row simulated TXM-XANES scan with "volume" vs "projection"
+fitting and fbp vs cgls: seconds and Ni-fraction RMSE in the particle.
+
+    python -m benchmarks.bench_xray [--quick] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._common import machine, version_of, write_json
+
+WIDTH, ROWS, ANGLES = 2048, 4, 1201
+QUICK = (512, 2, 361)
+
+
+def _scan(width, rows, n_angles, seed=0):
+    from tomostrain.synthetic import SHEPP_LOGAN, ellipse_image, ellipse_sinogram
+
+    rng = np.random.default_rng(seed)
+    angles = np.linspace(0, 180, n_angles)
+    ell = SHEPP_LOGAN.copy()
+    ell[:, 1:5] *= width / 2 * 0.7
+    center = (width - 1) / 2 + 7.3
+    sino = ellipse_sinogram(ell, angles, width, center=center) * (2.0 / width)
+    gain = np.clip(1 + 0.1 * rng.normal(size=(rows, width)), 0.3, None)
+    ring = 1 + 0.05 * rng.normal(size=(rows, width)) * (rng.random((rows, width)) < 0.1)
+    photons, dark = 2e4, 100.0
+    expected = photons * gain * ring * np.exp(-sino)[:, None, :]
+    raw = rng.poisson(expected).astype(np.float32) + dark
+    hits = rng.random(raw.shape) < 1e-4
+    raw[hits] *= 4
+    flats = (rng.poisson(photons * gain[None].repeat(5, 0)) + dark).astype(np.float32)
+    darks = np.full((3, rows, width), dark, np.float32)
+    phantom = ellipse_image(ell, width, supersample=1) * (2.0 / width)
+    return raw, flats, darks, angles, center, phantom
+
+
+def _xray(width, rows, n_angles):
+    from algotom.prep import calculation, correction, removal
+    from algotom.rec import reconstruction as arec
+
+    from tomostrain.reconstruction import preprocess as pp
+    from tomostrain.reconstruction.fbp import fbp, gridrec
+
+    raw, flats, darks, angles, center, phantom = _scan(width, rows, n_angles)
+    out = {"width": width, "rows": rows, "angles": n_angles, "true_center": center}
+    t = {}
+    t0 = time.perf_counter()
+    r = pp.remove_zingers(raw, 0.5)
+    f = pp.remove_zingers(flats, 0.5)
+    t["zingers"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tr = pp.flat_dark_correct(r, f, darks)
+    t["flat_dark"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tr = pp.remove_rings(tr, "sort", size=21)
+    t["rings"] = time.perf_counter() - t0
+    att = -np.log(tr)
+    t0 = time.perf_counter()
+    c_vo = pp.find_center(att, angles, "vo", rows=[rows // 2])
+    t["center_vo"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    c_ph = pp.find_center(att, angles, "phase")
+    t["center_phase"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    # the batched Vo twin is the device path; on the CPU it evaluates every candidate at full size
+    c_vo_twin = pp._center_vo_xp(att[:, rows // 2, :], width / 2 - width / 8, width / 2 + width / 8) if width <= 1024 else float("nan")
+    t["center_vo_batched_twin"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rec = gridrec(att, angles, center=c_vo)
+    t["gridrec"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rec_fbp = fbp(att[:, :1], angles, center=c_vo)
+    t["fbp_one_slice"] = time.perf_counter() - t0
+    circle = np.hypot(*np.indices(phantom.shape) - (width - 1) / 2) < 0.45 * width
+    rmse = float(np.sqrt(np.mean((rec[:, circle] - phantom[circle]) ** 2)))
+    once = ("center_vo", "center_phase", "center_vo_batched_twin", "fbp_one_slice")  # once per scan / one slice
+    ours = {k: (v if k in once else v / rows) for k, v in t.items()}
+    ours_total = sum(ours[k] for k in ("zingers", "flat_dark", "rings", "center_vo", "gridrec"))
+    out["tomostrain"] = {"seconds_per_slice": ours, "total_seconds_per_slice (vo + gridrec)": ours_total,
+                         "center": {"vo": c_vo, "phase": c_ph, "vo_batched_twin": c_vo_twin},
+                         "center_error_px": {"vo": c_vo - center, "phase": c_ph - center,
+                                             "vo_batched_twin": c_vo_twin - center},
+                         "rmse_vs_phantom (gridrec)": rmse,
+                         "rmse_fbp_vs_gridrec_slice0": float(np.sqrt(np.mean((rec_fbp[0] - rec[0])[circle] ** 2)))}
+
+    # algotom, per sinogram, on the same raw data
+    a = {}
+    sl = raw.transpose(1, 0, 2)
+    t0 = time.perf_counter()
+    sinos = []
+    for y in range(rows):
+        proj_z = np.stack([removal.remove_zinger(im, 0.5) for im in raw[:, y:y + 1, :]])  # zingers per frame row
+        fz = np.stack([removal.remove_zinger(im, 0.5) for im in flats[:, y:y + 1, :]])
+        sinos.append((proj_z[:, 0], fz[:, 0]))
+    a["zingers"] = (time.perf_counter() - t0) / rows
+    t0 = time.perf_counter()
+    corrected = [correction.flat_field_correction(s, fz.mean(0), darks[:, y].mean(0)) for y, (s, fz) in enumerate(sinos)]
+    a["flat_dark"] = (time.perf_counter() - t0) / rows
+    t0 = time.perf_counter()
+    corrected = [removal.remove_stripe_based_sorting(s, size=21) for s in corrected]
+    a["rings"] = (time.perf_counter() - t0) / rows
+    att_a = [-np.log(np.maximum(s, 1e-6)) for s in corrected]
+    t0 = time.perf_counter()
+    ca_vo = float(calculation.find_center_vo(att_a[rows // 2]))
+    a["center_vo"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ca_ph = float(calculation.find_center_based_phase_correlation(att[0], att[-1]))
+    a["center_phase"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rec_a = [arec.dfi_reconstruction(s, ca_vo, angles=np.radians(angles), apply_log=False) for s in att_a]
+    a["dfi"] = (time.perf_counter() - t0) / rows
+    del sl
+    total_a = sum(a[k] for k in ("zingers", "flat_dark", "rings", "center_vo", "dfi"))
+    out["algotom"] = {"version": version_of("algotom"), "seconds_per_slice": a,
+                      "total_seconds_per_slice (vo + dfi)": total_a,
+                      "center": {"vo": ca_vo, "phase_correlation": ca_ph},
+                      "center_error_px": {"vo": ca_vo - center, "phase_correlation": ca_ph - center},
+                      "reconstruction_shape": list(np.shape(rec_a[0]))}
+    out["ratio_total_time_algotom_over_tomostrain"] = total_a / ours_total
+    try:
+        import tomopy  # noqa: F401
+
+        out["tomopy"] = {"version": version_of("tomopy"),
+                         "center_vo": float(tomopy.find_center_vo(att, ind=rows // 2))}
+    except ImportError:
+        out["tomopy"] = "missing (not on PyPI; not installed here)"
+    return out
+
+
+def _xanes(quick):
+    from tomostrain.reconstruction.preprocess import XrayOptions
+    from tomostrain.spectral.xanes import interpolate_references, nnls, xanes_tomography
+    from tomostrain.synthetic.txm import k_edge, nickel_references, txm_xanes_series
+
+    out = {}
+    e = np.linspace(8300, 8400, 15)
+    refs2 = nickel_references(e)
+    refs4 = dict(refs2, A=k_edge(e, 8337, white_line=0.4), B=k_edge(e, 8348, white_line=0.2))
+    n_vox = 200_000 if quick else 2_000_000
+    rng = np.random.default_rng(0)
+    for name, refs in (("2_references", refs2), ("4_references", refs4)):
+        _, a = interpolate_references({k: (e, v) for k, v in refs.items()}, e)
+        b = a @ rng.uniform(0, 1, (a.shape[1], n_vox)) + 0.02 * rng.normal(size=(e.size, n_vox))
+        t0 = time.perf_counter()
+        nnls(a, b)
+        sec = time.perf_counter() - t0
+        out[f"nnls_{name}_voxels_per_s"] = n_vox / sec
+    s = txm_xanes_series(64, 4, seed=0)
+    refs = {k: (s.energies_eV, v) for k, v in s.references.items()}
+    m = s.particle
+    runs = [("projection", "fbp", {}), ("volume", "fbp", {}), ("projection", "cgls", {"iterations": 20})]
+    if not quick:
+        runs.append(("volume", "cgls", {"iterations": 20}))
+    for fit, method, kw in runs:
+        opt = XrayOptions(zingers=0.5, beam_background=4, center="auto")
+        t0 = time.perf_counter()
+        res, c, _ = xanes_tomography(s.data, s.angles_deg, s.energies_eV, refs, s.flats, s.darks, opt,
+                                     method=method, fit=fit, **kw)
+        sec = time.perf_counter() - t0
+        f = res.fractions["Ni"]
+        out[f"tomography_{fit}_{method}"] = {
+            "seconds": sec, "voxels_per_s": f.size / sec, "center_error_px": c - s.center,
+            "ni_fraction_rmse_in_particle": float(np.sqrt(np.mean((f[m] - s.fraction_ni[m]) ** 2))),
+            "metal_particles_mean_fraction": float(f[s.metal_particles].mean())}
+    out["scan"] = {"n": 64, "rows": 4, "energies": int(s.energies_eV.size), "angles": int(s.angles_deg.size)}
+    return out
+
+
+def run(out_dir="benchmarks/results/cpu", quick=False, backend="cpu") -> Path:
+    width, rows, n_angles = QUICK if quick else (WIDTH, ROWS, ANGLES)
+    payload = {"machine": machine(backend), "quick": quick, "xray_180": _xray(width, rows, n_angles),
+               "xanes": _xanes(quick)}
+    return write_json(out_dir, "bench_xray", payload)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default="benchmarks/results/cpu")
+    args = p.parse_args()
+    print(run(args.out, quick=args.quick))
