@@ -39,6 +39,13 @@ def _probe(text: str):
     return _region(text) if ":" in text and "," in text and not Path(text).exists() else Path(text)
 
 
+def add_cluster_option(parser: argparse.ArgumentParser) -> None:
+    """``--cluster``, shared by every command that runs chunked steps (tomo, stem, kinetics, run)."""
+    parser.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT|slurm|cuda",
+                        help="run the chunks on Dask: a LocalCluster of N workers, an existing scheduler, "
+                             "SLURM (dask-jobqueue; options in a job file's [cluster]) or one worker per GPU")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tomostrain", description="Tomography and 4D-STEM strain mapping for in situ TEM.")
     p.add_argument("--version", action="version", version=f"tomostrain {__version__}")
@@ -65,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--angles", type=Path, default=None, help="angle file (degrees, one per line) for TIFF/MRC input")
     t.add_argument("--voxel-size", type=float, default=None, help="voxel size (nm); default from the file")
     t.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
+    add_cluster_option(t)
 
     s = sub.add_parser("stem", help="calibrate a 4D-STEM scan, find Bragg disks, map strain and phases")
     s.add_argument("input", type=Path, help="4D-STEM data: .npy, HDF5, py4DSTEM .emd (raw needs --shape/--dtype)")
@@ -80,9 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shape", type=_shape, default=None, help="raw files: scan_y,scan_x,ky,kx")
     s.add_argument("--dtype", default=None, help="raw files: numpy dtype, e.g. uint16")
     s.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
+    add_cluster_option(s)
 
     r = sub.add_parser("run", help="run a TOML job file (the batch form of tomo and stem)")
     r.add_argument("job", type=Path)
+    add_cluster_option(r)
 
     sub.add_parser("bench", add_help=False,
                    help="benchmark suites side by side with peers, from a source checkout "
@@ -120,18 +130,18 @@ def _dispatch(args, command: str) -> int:
         pipeline.tomo(
             args.input, args.output, method=args.method, iterations=args.iterations, center=args.center,
             segment=args.segment, angles=args.angles, voxel_size_nm=args.voxel_size, align=args.align,
-            tilt_axis_deg=args.tilt_axis, backend=args.backend, command=command,
+            tilt_axis_deg=args.tilt_axis, backend=args.backend, command=command, cluster=args.cluster,
         )
         return 0
     if args.command == "stem":
         pipeline.stem(
             args.input, args.output, phases=args.phases.split(","), reference=args.reference, probe=args.probe,
             q_pixel_size=args.q_pixel_size, energy_kev=args.energy_kev, convergence_mrad=args.convergence_mrad,
-            shape=args.shape, dtype=args.dtype, backend=args.backend, command=command,
+            shape=args.shape, dtype=args.dtype, backend=args.backend, command=command, cluster=args.cluster,
         )
         return 0
     if args.command == "run":
-        pipeline.run_job(args.job, command=command)
+        pipeline.run_job(args.job, command=command, cluster=args.cluster)
         return 0
     raise AssertionError(args.command)
 

@@ -18,6 +18,7 @@ import numpy as np
 from . import __version__, io
 from .errors import CalibrationError, InputError
 from .gpu_core import backend as be
+from .io.store import without_slabs
 
 
 def info() -> dict:
@@ -56,6 +57,8 @@ class Job:
         self.results: dict = {}
         self._done: set[str] = set()
         self._console = console
+        self.executor = None  # a distributed executor (``--cluster``); None runs chunks in this process
+        self._store = None    # io.store.ChunkStore of the big arrays, made on first use
         self._resume()
 
     def _resume(self) -> None:
@@ -88,13 +91,48 @@ class Job:
         self.provenance["step_seconds"][name] = round(seconds, 3)
         self._done.add(name)
         self._print(f"  {name} done in {seconds:.1f} s")
-        io.write_results(self.partial, self.results, self._provenance(finished=False))
+        io.write_results(self.partial, without_slabs(self.results), self._provenance(finished=False))
 
     def finish(self) -> Path:
         """Write the complete result file atomically and drop the checkpoint."""
-        io.write_results(self.out, self.results, self._provenance(finished=True))
+        if self._store is not None:  # the big arrays are already in the store: it becomes the result
+            self._store.finish(self.out, self.results, self._provenance(finished=True))
+            self._store = None
+        else:
+            io.write_results(self.out, self.results, self._provenance(finished=True))
         self.partial.unlink(missing_ok=True)
         return self.out
+
+    def array(self, name: str, shape, dtype=np.float32):
+        """A big result array written chunk by chunk into the job's chunk store (``io.store``),
+        resumable per chunk: reopened with its progress on a rerun with the same parameters."""
+        if self._store is None:
+            from .io.store import ChunkStore, store_path
+
+            key = getattr(self, "key", None) or json.dumps(self.parameters, sort_keys=True, default=str)
+            self._store = ChunkStore(store_path(self.out), key, say=self._print)
+        return self._store.array(name, shape, dtype)
+
+    def progress(self, label: str):
+        """A per-chunk progress callback ``(done, total)``: a rich progress bar on stderr."""
+        state = {}
+
+        def update(done: int, total: int) -> None:
+            if "bar" not in state:
+                from rich.progress import Progress
+
+                state["bar"] = Progress(console=self._console, transient=True)
+                state["bar"].start()
+                state["task"] = state["bar"].add_task(f"  {label}", total=total)
+            state["bar"].update(state["task"], completed=done)
+            if done >= total:
+                state["bar"].stop()
+
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+        return update
 
     def _provenance(self, finished: bool) -> dict:
         prov = dict(self.provenance)
@@ -112,11 +150,14 @@ class Job:
 
 def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0, angles=None,
          voxel_size_nm=None, align=False, tilt_axis_deg=0.0, backend="auto", command="",
-         job: Job | None = None) -> Path | None:
+         job: Job | None = None, cluster=None) -> Path | None:
     """Reconstruct a tilt series file (or TiltSeries), optionally aligned first (``align``: tilt
     axis searched near ``tilt_axis_deg``, drift, centre) and segmented + quantified; write ``output``.
 
-    With ``job`` given, the steps are added to that job and nothing is written here.
+    With ``job`` given, the steps are added to that job and nothing is written here. ``cluster``:
+    a ``--cluster`` value (``distributed.open_cluster``) whose executor runs the slice chunks.
+    The volume is written chunk by chunk into the result file as it is reconstructed (a
+    resumable chunk store, ``io.store``): a rerun after a kill recomputes only missing chunks.
     """
     from .reconstruction import align as find_alignment
     from .reconstruction import reconstruct
@@ -128,7 +169,19 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
         raise InputError("give either align (which finds the centre) or center, not both")
     own = job is None
     job = job or Job(Path(output), command, params, backend)
-    series = input if hasattr(input, "angles_deg") else io.read_tilt_series(Path(input), angles=angles)
+    if own and cluster is not None:
+        from .distributed import open_cluster
+
+        with open_cluster(cluster) as job.executor:
+            tomo(input, None, method=method, iterations=iterations, center=center, segment=segment, angles=angles,
+                 voxel_size_nm=voxel_size_nm, align=align, tilt_axis_deg=tilt_axis_deg, job=job)
+        return job.finish()
+    if hasattr(input, "angles_deg"):
+        series = input
+    elif align:
+        series = io.read_tilt_series(Path(input), angles=angles)
+    else:  # read lazily, row chunks per worker (DESIGN.md §2)
+        series = _tilt_source(Path(input), angles)
     voxel = voxel_size_nm or series.pixel_size_nm or 1.0
     geometry = {"center": center}
     if align:
@@ -141,12 +194,15 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
         found = job.results["tomo"]["alignment"]
         geometry = {"shifts": np.asarray(found["shifts"]), "center": float(found["@attrs"]["center"]),
                     "tilt_axis_deg": float(found["@attrs"]["tilt_axis_deg"])}
-    if not job.done("reconstruct"):
+    n_cols = series.shape[2]
+    volume = job.array("tomo/volume", (series.shape[1], n_cols, n_cols), np.float32)
+    if not job.done("reconstruct") or not volume.complete():
         with job.step("reconstruct"):
             kw = {} if iterations is None else {"iterations": iterations}
-            volume = reconstruct(series, method=method, backend=job.backend, **geometry, **kw)
-            job.results.setdefault("tomo", {})["volume"] = be.to_host(volume).astype(np.float32)
-            job.results["tomo"]["@attrs"] = {"method": method, "voxel_size_nm": voxel}
+            reconstruct(series, method=method, backend=job.backend, executor=job.executor, out=volume,
+                        progress=job.progress("reconstruct"), **geometry, **kw)
+            job.results.setdefault("tomo", {})["@attrs"] = {"method": method, "voxel_size_nm": voxel}
+    job.results.setdefault("tomo", {})["volume"] = volume
     if segment:
         _segment_and_quantify(job, segment, voxel)
     return job.finish() if own else None
@@ -165,7 +221,7 @@ def _segment_and_quantify(job: Job, classes: int, voxel_size_nm: float) -> None:
     tomo_results = job.results["tomo"]
     if not job.done("segment"):
         with job.step("segment"):
-            volume = be.to_device(tomo_results["volume"], job.backend)
+            volume = be.to_device(np.asarray(tomo_results["volume"]), job.backend)
             xp = be.xp_of(volume)
             # TV keeps phase edges while flattening noise; vacuum dominates the histogram, so a
             # Gaussian blur would smear the few-voxel shell into it. Weight relative to the bright end.
@@ -177,6 +233,17 @@ def _segment_and_quantify(job: Job, classes: int, voxel_size_nm: float) -> None:
         with job.step("quantify"):
             q = quantify(tomo_results["labels"], voxel_size_nm=voxel_size_nm)
             tomo_results["quantify"] = _quantify_tree(q)
+
+
+def _tilt_source(path: Path, angles):
+    """A lazy tilt source (rows read per chunk): ``io.open_tilt_series`` where it exists, else
+    the minimal DXchange row source of ``io.lazy`` (other formats are read whole)."""
+    opener = getattr(io, "open_tilt_series", None)
+    if opener is not None:
+        return opener(path, angles=angles)
+    from .io.lazy import open_rows
+
+    return open_rows(path, angles=angles)
 
 
 def _quantify_tree(q: dict) -> dict:
@@ -199,7 +266,7 @@ def _now() -> str:
 
 def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=None, q_pixel_size=None,
          energy_kev=None, convergence_mrad=None, shape=None, dtype=None, backend="auto", command="",
-         job: Job | None = None) -> Path | None:
+         job: Job | None = None, cluster=None) -> Path | None:
     """Calibrate a 4D-STEM scan, find Bragg disks, fit the lattice, map strain and phases.
 
     ``reference`` (y0, y1, x0, x1) is the unstrained region (default: every position of the main
@@ -224,6 +291,13 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
                        "energy_kev": energy_kev, "convergence_mrad": convergence_mrad}}
     own = job is None
     job = job or Job(Path(output), command, params, backend)
+    if own and cluster is not None:
+        from .distributed import open_cluster
+
+        with open_cluster(cluster) as job.executor:
+            stem(input, None, phases=phases, reference=reference, probe=probe, q_pixel_size=q_pixel_size,
+                 energy_kev=energy_kev, convergence_mrad=convergence_mrad, shape=shape, dtype=dtype, job=job)
+        return job.finish()
     resolve_phases(list(phases))  # unknown names fail before any work
     cube = io.read_datacube(Path(input), shape=shape, dtype=dtype)
     try:
@@ -323,8 +397,11 @@ def _close(cube) -> None:
         handle.close()
 
 
-def run_job(path, command: str = "") -> Path:
-    """Run a TOML job file: ``[job] output, backend`` plus ``[tomo]`` and/or ``[stem]`` sections.
+def run_job(path, command: str = "", cluster=None) -> Path:
+    """Run a TOML job file: ``[job] output, backend`` plus ``[tomo]`` and/or ``[stem]`` sections,
+    and optionally ``[cluster]`` (``address = "local:4" | "tcp://HOST:PORT" | "slurm" | "cuda"``
+    plus, for slurm, ``queue, cores, memory, walltime, job_extra_directives, jobs``; see
+    ``distributed.dask_executor.parse``). ``cluster`` (``--cluster``) overrides that section.
 
     Relative paths are taken from the job file's folder. Example::
 
@@ -342,6 +419,14 @@ def run_job(path, command: str = "") -> Path:
         input = "particle3_scan.h5"
         phases = ["NiO", "Ni", "Na2O"]
         reference = [0, 8, 0, 8]
+        [cluster]
+        address = "slurm"
+        queue = "gpu"
+        cores = 8
+        memory = "64GB"
+        walltime = "02:00:00"
+        job_extra_directives = ["--gres=gpu:1"]
+        jobs = 4
     """
     try:
         import tomllib
@@ -355,7 +440,7 @@ def run_job(path, command: str = "") -> Path:
         spec = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"job file {path} is not valid TOML: {exc}") from None
-    unknown = set(spec) - {"job", "tomo", "stem"}
+    unknown = set(spec) - {"job", "tomo", "stem", "cluster"}
     if unknown or not ({"tomo", "stem"} & set(spec)):
         raise InputError(f"job file {path} needs [job] and [tomo] and/or [stem] sections; unknown: {sorted(unknown)}")
     base = path.parent
@@ -369,13 +454,16 @@ def run_job(path, command: str = "") -> Path:
         section["input"] = base / section["input"]
     job = Job(base / settings["output"], command or f"tomostrain run {path}", json.loads(json.dumps(sections, default=str)),
               settings.get("backend", "auto"))
-    if "tomo" in sections:
-        tomo(output=None, job=job, **sections["tomo"])
-    if "stem" in sections:
-        s = sections["stem"]
-        if "reference" in s:
-            s["reference"] = tuple(s["reference"])
-        stem(output=None, job=job, **s)
+    from .distributed import open_cluster
+
+    with open_cluster(cluster if cluster is not None else spec.get("cluster")) as job.executor:
+        if "tomo" in sections:
+            tomo(output=None, job=job, **sections["tomo"])
+        if "stem" in sections:
+            s = sections["stem"]
+            if "reference" in s:
+                s["reference"] = tuple(s["reference"])
+            stem(output=None, job=job, **s)
     return job.finish()
 
 
