@@ -25,8 +25,8 @@ def _series(rows=10, seed=0):
     rng = np.random.default_rng(seed)
     out = []
     for r in range(rows):
-        scale = 0.8 + 0.02 * r
-        ell = [(v, a * scale, b * scale, x0, y0, phi) for v, a, b, x0, y0, phi in SHEPP_LOGAN]
+        ell = SHEPP_LOGAN.copy()
+        ell[:, 1:5] *= 0.46 * N * (0.8 + 0.02 * r)     # the phantom in pixels, a little bigger per row
         out.append(ellipse_sinogram(ell, ANGLES, N))
     data = np.stack(out, 1).astype(np.float32)
     return data + rng.normal(0, 0.01 * data.max(), data.shape).astype(np.float32)
@@ -89,16 +89,29 @@ def test_an_out_of_memory_chunk_is_split_on_the_worker():
     np.testing.assert_array_equal(out[:, 0], np.arange(9))
 
 
-def test_sirt_on_a_local_dask_cluster_equals_inline():
-    from tomostrain.distributed import open_cluster
+def test_tomo_cli_on_a_local_dask_cluster_equals_inline(tmp_path):
+    """``tomostrain tomo --cluster local:2`` and a job file's [cluster] section give the inline volume."""
+    import h5py
 
-    data = _series()
-    ref = reconstruct(data, "sirt", angles_deg=ANGLES, iterations=8, backend="cpu")
-    with open_cluster("local:2") as ex:
-        assert ex.slots == 2 and ex.budget("cpu") > 0
-        vol = reconstruct(data, "sirt", angles_deg=ANGLES, iterations=8, backend="cpu", executor=ex,
-                          chunk_budget=_budget(2))
-    np.testing.assert_array_equal(vol, ref)
+    from tomostrain import cli, io
+
+    path = tmp_path / "series.h5"
+    io.write_tilt_series(io.TiltSeries(_series(), ANGLES), path)
+    common = [str(path), "--method", "sirt", "--iterations", "8", "--backend", "cpu"]
+    assert cli.main(["tomo", *common, "-o", str(tmp_path / "inline.h5")]) == 0
+    assert cli.main(["tomo", *common, "-o", str(tmp_path / "dask.h5"), "--cluster", "local:2"]) == 0
+    job = tmp_path / "job.toml"
+    job.write_text('[job]\noutput = "threads.h5"\nbackend = "cpu"\n[tomo]\ninput = "series.h5"\nmethod = "sirt"\n'
+                   'iterations = 8\n[cluster]\naddress = "threads:2"\n')
+    assert cli.main(["run", str(job)]) == 0
+    volumes = []
+    for name in ("inline", "dask", "threads"):
+        with h5py.File(tmp_path / f"{name}.h5") as f:
+            volumes.append(f["tomo/volume"][()])
+    np.testing.assert_array_equal(volumes[1], volumes[0])
+    np.testing.assert_array_equal(volumes[2], volumes[0])
+    ref = reconstruct(_series(), "sirt", angles_deg=ANGLES, iterations=8, backend="cpu")
+    np.testing.assert_array_equal(volumes[0], ref)
 
 
 def _dask(*args, **kw):

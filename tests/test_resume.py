@@ -49,8 +49,8 @@ def test_store_flags_rows_resumes_and_discards_on_a_new_key(tmp_path):
 def _series_file(tmp_path, rows=12, n=32):
     from tomostrain.synthetic import SHEPP_LOGAN, ellipse_sinogram
 
-    data = np.stack([ellipse_sinogram([(v, a * (0.7 + 0.02 * r), b * (0.7 + 0.02 * r), x, y, p)
-                                       for v, a, b, x, y, p in SHEPP_LOGAN], ANGLES, n) for r in range(rows)], 1)
+    data = np.stack([ellipse_sinogram(SHEPP_LOGAN * [1, *[0.46 * n * (0.7 + 0.02 * r)] * 4, 1], ANGLES, n)
+                     for r in range(rows)], 1)
     path = tmp_path / "series.h5"
     io.write_tilt_series(io.TiltSeries(data.astype(np.float32), ANGLES), path)
     return path
