@@ -275,12 +275,11 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
     (1/Å) comes from the file's metadata unless given. With ``job`` given, the steps are added to
     that job and nothing is written here.
     """
-    from .strain import calibrate
-    from .strain.disks import disk_geometry, find_bragg_disks
+    from .strain.disks import BraggPeaks, disk_geometry
     from .strain.lattice import choose_lattice_vectors, fit_lattice
-    from .strain.phases import phase_map, resolve_phases
+    from .strain.passes import ScanCalibration, calibrate_scan, scan_maps
+    from .strain.phases import resolve_phases
     from .strain.strainmap import strain_map
-    from .strain.virtual import virtual_adf, virtual_bf
 
     if isinstance(phases, str):  # "NiO,Ni,Na2O" from a job file
         phases = [p.strip() for p in phases.split(",") if p.strip()]
@@ -314,26 +313,33 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
             ref_mask[y0:y1, x0:x1] = True
         st = job.results.setdefault("stem", {})
         b = job.backend
+        # three passes over the cube (strain.passes): 1 mean pattern + totals, 2 origins + vacuum
+        # patterns (probe), 3 disks + BF/ADF + radial profiles (phase map), each chunked on job.executor
         if not job.done("calibrate"):
             with job.step("calibrate"):
-                kernel = _probe_template(cube, probe, b)
-                origin = calibrate.fit_origin(cube, backend=b)
+                given = None if probe is None else _probe_template(cube, probe, b)
+                sc = calibrate_scan(cube, probe=given, executor=job.executor, backend=b,
+                                    progress=job.progress("calibrate"))
+                kernel = sc.probe
                 radius = disk_geometry(kernel)[2]
-                st["calibration"] = {"origin": be.to_host(origin).astype(np.float32), "probe": be.to_host(kernel),
+                st["calibration"] = {"origin": sc.origin.astype(np.float32), "probe": be.to_host(kernel),
+                                     "total_intensity": sc.total,
                                      "@attrs": {"q_pixel_size": q_pixel_size, "disk_radius_px": radius,
                                                 "energy_kev": energy_kev or cube.meta.get("energy_kev"),
                                                 "convergence_mrad": convergence_mrad or cube.meta.get("convergence_mrad")}}
         cal = st["calibration"]
         origin, kernel, radius = cal["origin"], cal["probe"], float(cal["@attrs"]["disk_radius_px"])
-        if not job.done("virtual"):
-            with job.step("virtual"):
-                st["virtual"] = {"bf": be.to_host(virtual_bf(cube, radius * 1.2, origin, backend=b)),
-                                 "adf": be.to_host(virtual_adf(cube, radius * 2.5, min(cube.detector_shape) / 2, origin, backend=b))}
-        if not job.done("phase"):
-            with job.step("phase"):
-                pm = phase_map(cube, list(phases), q_pixel_size, origin=origin, disk_radius=radius, backend=b)
+        if not job.done("scan"):
+            with job.step("scan"):
+                sc = ScanCalibration(None, np.asarray(cal["total_intensity"]), None, np.asarray(origin, np.float64),
+                                     radius, np.asarray(kernel), None)
+                maps = scan_maps(cube, sc, list(phases), q_pixel_size, executor=job.executor, backend=b,
+                                 progress=job.progress("disks, virtual images, profiles"))
+                pm = maps.phase
+                st["virtual"] = {"bf": maps.bf, "adf": maps.adf}
                 st["phase"] = {"labels": be.to_host(pm.labels).astype(np.uint8),
                                "confidence": be.to_host(pm.confidence).astype(np.float32), "@attrs": {"names": list(pm.names)}}
+                st["peaks"] = {k: be.to_host(getattr(maps.peaks, k)) for k in ("qy", "qx", "intensity", "offsets")}
         labels = st["phase"]["labels"]
         counts = np.bincount(labels.ravel(), minlength=2)[1:]
         if counts.sum() == 0:
@@ -342,7 +348,8 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
         fit_region = ref_mask if ref_mask is not None else main
         if not job.done("lattice"):
             with job.step("lattice"):
-                peaks = find_bragg_disks(cube, kernel, backend=b)
+                pk = st["peaks"]
+                peaks = BraggPeaks(pk["qy"], pk["qx"], pk["intensity"], pk["offsets"], cube.scan_shape)
                 g1, g2 = choose_lattice_vectors(peaks, origin, mask=main)
                 ellipse = _fit_ellipse(peaks, origin, g1, g2, fit_region) if cube.ellipse is None else cube.ellipse
                 fit = fit_lattice(peaks, origin, g1, g2, ellipse=ellipse, q_pixel_size=q_pixel_size)

@@ -4,8 +4,8 @@
 (``map_into``, ``reduce``, ``gather``); ``dask_executor`` the Dask executor and the cluster
 factory behind ``--cluster`` (imported lazily: tomostrain never needs Dask to import).
 """
-from .executors import (ChunkedStep, Executor, InlineExecutor, ThreadExecutor, combine, gather, map_into,
-                        reduce, run_chunk)
+from .executors import (ChunkedStep, Executor, InlineExecutor, Lowest, ThreadExecutor, collect, combine, gather,
+                        map_into, reduce, run_chunk)
 
 
 def open_cluster(spec):
@@ -15,5 +15,6 @@ def open_cluster(spec):
     return _open(spec)
 
 
-__all__ = ["ChunkedStep", "Executor", "InlineExecutor", "ThreadExecutor", "combine", "gather", "map_into",
+__all__ = ["ChunkedStep", "Executor", "InlineExecutor", "Lowest", "ThreadExecutor", "collect", "combine", "gather",
+           "map_into",
            "reduce", "run_chunk", "open_cluster"]

@@ -52,10 +52,29 @@ class ChunkedStep:
         raise NotImplementedError
 
 
-def combine(kind: str, parts: list):
-    """Merge the partials of consecutive item runs: stack (map) or sum (reduce)."""
+class Lowest:
+    """A merge kind: keep the ``k`` entries with the smallest scores (ties: the smallest index).
+    Partials are ``(score (n,), index (n,), payload (n, ...))`` NumPy arrays; the merge does not
+    depend on their order, so a pass can select, e.g., the least-scattering patterns as it goes."""
+
+    def __init__(self, k: int):
+        self.k = int(k)
+
+    def __call__(self, parts: list):
+        score, index, payload = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        keep = np.lexsort((index, score))[: self.k]
+        return score[keep], index[keep], payload[keep]
+
+
+def combine(kind, parts: list):
+    """Merge the partials of consecutive item runs: stack (map), sum (reduce), a callable merge
+    (e.g. ``Lowest``), or, for a tuple kind, each element of tuple partials by its own kind."""
+    if isinstance(kind, tuple):
+        return tuple(combine(k, [p[i] for p in parts]) for i, k in enumerate(kind))
+    if callable(kind):
+        return kind(parts)
     if kind not in KINDS:
-        raise InputError(f"a chunked step's kind must be one of {KINDS}, got {kind!r}")
+        raise InputError(f"a chunked step's kind must be one of {KINDS}, a merge callable or a tuple, got {kind!r}")
     if len(parts) == 1:
         return parts[0]
     if isinstance(parts[0], tuple):
@@ -170,24 +189,44 @@ def map_into(executor: Executor, step: ChunkedStep, out, *, plan: list[slice] | 
     return out
 
 
+def collect(executor: Executor, step: ChunkedStep, *, plan: list[slice] | None = None, backend: str = "cpu",
+            progress: Callable[[int, int], None] | None = None):
+    """Run a step of any kind into memory and merge its partials in plan order (deterministic
+    sums whatever finished first). A callable merge (``Lowest``) is applied as partials arrive,
+    so only its running result is held."""
+    plan = executor.plan(step, backend) if plan is None else list(plan)
+    if not plan:
+        raise InputError("a step over an empty plan")
+    kinds = step.kind if isinstance(step.kind, tuple) else (step.kind,)
+    running = {i: None for i, k in enumerate(kinds) if callable(k)}
+    parts, count = {}, 0
+    for sl, part in executor.run(step, plan):
+        items = part if isinstance(step.kind, tuple) else (part,)
+        items = list(items)
+        for i in running:
+            merged = items[i] if running[i] is None else kinds[i]([running[i], items[i]])
+            running[i], items[i] = merged, None
+        parts[sl.start] = items
+        count += sl.stop - sl.start
+        if progress is not None:
+            progress(count, int(step.n_items))
+    ordered = [parts[k] for k in sorted(parts)]
+    out = tuple(running[i] if i in running else combine(k, [p[i] for p in ordered]) for i, k in enumerate(kinds))
+    return out if isinstance(step.kind, tuple) else out[0]
+
+
 def reduce(executor: Executor, step: ChunkedStep, *, plan: list[slice] | None = None, backend: str = "cpu"):
     """Run a reduce step: the sum of its partials, added in plan order (deterministic)."""
     if step.kind != "reduce":
         raise InputError(f"reduce needs a reduce step, got kind {step.kind!r}")
-    plan = executor.plan(step, backend) if plan is None else list(plan)
-    parts = {sl.start: part for sl, part in executor.run(step, plan)}
-    if not parts:
-        raise InputError("reduce over an empty plan")
-    return combine("reduce", [parts[k] for k in sorted(parts)])
+    return collect(executor, step, plan=plan, backend=backend)
 
 
 def gather(executor: Executor, step: ChunkedStep, *, plan: list[slice] | None = None, backend: str = "cpu"):
     """Run a map step into memory: the partials stacked in item order (scan-sized results)."""
     if step.kind != "map":
         raise InputError(f"gather needs a map step, got kind {step.kind!r}")
-    plan = executor.plan(step, backend) if plan is None else list(plan)
-    parts = {sl.start: part for sl, part in executor.run(step, plan)}
-    return combine("map", [parts[k] for k in sorted(parts)])
+    return collect(executor, step, plan=plan, backend=backend)
 
 
 def host(array):
