@@ -13,6 +13,7 @@ uninterrupted. Every run is ``tomostrain tomo`` in a subprocess under ``/usr/bin
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -137,7 +138,9 @@ def resume(tmp: Path, rows: int, n: int, iterations: int) -> dict:
 
 def run(out_dir, quick: bool = False, backend: str = "cpu", parts=("big", "cluster", "resume"), n: int = 1024,
         budget: str = "600M") -> Path:
-    payload = {"machine": machine("cpu")}
+    previous = Path(out_dir) / "bench_scale.json"
+    payload = json.loads(previous.read_text()) if previous.exists() else {}   # parts run separately add up
+    payload["machine"] = machine("cpu")
     with tempfile.TemporaryDirectory(dir=os.environ.get("TOMOSTRAIN_BENCH_TMP")) as tmp:
         tmp = Path(tmp)
         if "big" in parts:
