@@ -73,3 +73,20 @@ def test_the_stem_pipeline_reads_the_cube_three_times(scan, tmp_path, monkeypatc
     r = float(res["calibration"]["@attrs"]["disk_radius_px"])
     np.testing.assert_allclose(res["virtual"]["bf"], virtual_bf(data, 1.2 * r, origin), rtol=1e-9)
     assert np.abs(origin - truth["origin"]).max() < 0.3 and res["strain"]["mask"].any()
+
+
+def test_the_stem_pipeline_on_a_local_dask_cluster_equals_inline(scan, tmp_path):
+    from tomostrain.distributed import open_cluster
+
+    data, truth = scan
+    path = tmp_path / "scan.h5"
+    io.write_datacube(data, path, q_pixel_size=truth["q_pixel_size"])
+    inline = io.read_results(pipeline.stem(path, tmp_path / "inline.h5", backend="cpu"))["stem"]
+    with open_cluster("local:2") as ex:
+        job = pipeline.Job(tmp_path / "dask.h5", "test", {"stem": {}}, "cpu")
+        job.executor = ex
+        pipeline.stem(path, None, backend="cpu", job=job)
+        dask = io.read_results(job.finish())["stem"]
+    for group, key in (("virtual", "bf"), ("virtual", "adf"), ("phase", "labels"), ("calibration", "origin"),
+                       ("peaks", "qy"), ("lattice", "g1"), ("strain", "exx")):
+        np.testing.assert_array_equal(dask[group][key], inline[group][key])

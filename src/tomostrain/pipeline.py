@@ -298,7 +298,14 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
                  energy_kev=energy_kev, convergence_mrad=convergence_mrad, shape=shape, dtype=dtype, job=job)
         return job.finish()
     resolve_phases(list(phases))  # unknown names fail before any work
-    cube = io.read_datacube(Path(input), shape=shape, dtype=dtype)
+    cube = opened = io.read_datacube(Path(input), shape=shape, dtype=dtype)
+    if getattr(job.executor, "client", None) is not None and cube.meta.get("dataset"):
+        import dataclasses
+
+        from .io.lazy import H5Rows  # workers open the file themselves: the chunks pickle
+
+        cube = dataclasses.replace(cube, data=H5Rows(cube.meta["source"], cube.meta["dataset"]),
+                                   meta={k: v for k, v in cube.meta.items() if k != "file"})
     try:
         q_pixel_size = q_pixel_size or cube.q_pixel_size
         if not q_pixel_size:
@@ -368,7 +375,7 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
                 st["strain"]["@attrs"] = {"reference": "region" if ref_mask is not None else "main phase",
                                           "G_ref_per_A": be.to_host(sm.G_ref).tolist()}
     finally:
-        _close(cube)
+        _close(opened)
     return job.finish() if own else None
 
 

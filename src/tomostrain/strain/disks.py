@@ -204,17 +204,21 @@ class DiskFinder:
         if self.spacing < 0 or 2 * self.edge >= min(ky, kx):
             raise InputError(f"min_spacing must be >= 0 and edge_boundary < half the detector, got "
                              f"{self.spacing}, {self.edge} for a {ky}x{kx} detector")
-        self.xp = np
-        if backend == "gpu":
-            import cupy
-
-            self.xp = cupy
+        self.backend = backend
         self.kernel_ft = probe_kernel_ft(tmpl, (ky, kx), self.xp)
         self.mode = SUBPIXEL[subpixel]
         self.profile = _kernel.disk_profile(tmpl, cy, cx, radius, width) if self.mode == _kernel.EDGE else None
         self.radius, self.width = radius, width
         self.corr_power, self.max_peaks = corr_power, max_peaks
         self.min_abs, self.min_rel = min_abs_intensity, min_rel_intensity
+
+    @property
+    def xp(self):
+        if self.backend == "gpu":
+            import cupy
+
+            return cupy
+        return np
 
     def find(self, frames, rows: slice | None = None):
         xp = self.xp
