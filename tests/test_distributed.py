@@ -104,10 +104,12 @@ def test_tomo_cli_on_a_local_dask_cluster_equals_inline(tmp_path):
     job.write_text('[job]\noutput = "threads.h5"\nbackend = "cpu"\n[tomo]\ninput = "series.h5"\nmethod = "sirt"\n'
                    'iterations = 8\n[cluster]\naddress = "threads:2"\n')
     assert cli.main(["run", str(job)]) == 0
-    volumes = []
+    volumes, executors = [], []
     for name in ("inline", "dask", "threads"):
         with h5py.File(tmp_path / f"{name}.h5") as f:
             volumes.append(f["tomo/volume"][()])
+            executors.append(f["provenance"].attrs["executor"])
+    assert executors[0] == "inline" and executors[1].startswith("dask tcp://") and executors[2] == "threads:2"
     np.testing.assert_array_equal(volumes[1], volumes[0])
     np.testing.assert_array_equal(volumes[2], volumes[0])
     ref = reconstruct(_series(), "sirt", angles_deg=ANGLES, iterations=8, backend="cpu")

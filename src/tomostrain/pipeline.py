@@ -138,6 +138,7 @@ class Job:
         prov = dict(self.provenance)
         prov["steps_done"] = sorted(self._done)
         prov["finished"] = _now() if finished else ""
+        prov["executor"] = self.executor.describe() if self.executor is not None else "inline"
         return prov
 
     def _print(self, text: str) -> None:

@@ -83,13 +83,20 @@ class DaskExecutor(Executor):
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
+            self.describe()
+        with contextlib.suppress(Exception):
             self.client.close()
         for obj in reversed(self._owned):
             with contextlib.suppress(Exception):
                 obj.close()
 
     def describe(self) -> str:
-        return f"dask {self.client.scheduler.address} ({len(_workers(self.client))} workers)"
+        if not hasattr(self, "_described"):  # asked again after close: the first answer stays
+            try:
+                self._described = f"dask {self.client.scheduler.address} ({len(_workers(self.client))} workers)"
+            except Exception:  # noqa: BLE001 - a closed client still names its scheduler
+                return f"dask {getattr(self.client.scheduler, 'address', '?')}"
+        return self._described
 
 
 def _workers(client) -> dict:
