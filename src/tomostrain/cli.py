@@ -34,6 +34,17 @@ def _shape(text: str) -> tuple[int, int, int, int]:
     return shape
 
 
+def _scan_shape(text: str) -> tuple[int, int]:
+    """'sy,sx' -> a pair of positive ints."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 2 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected scan_y,scan_x (2 positive integers), got {text!r}")
+    return shape
+
+
 def _probe(text: str):
     """A region 'y0:y1,x0:x1' or the path of a probe image."""
     return _region(text) if ":" in text and "," in text and not Path(text).exists() else Path(text)
@@ -44,6 +55,17 @@ def add_cluster_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT|slurm|cuda",
                         help="run the chunks on Dask: a LocalCluster of N workers, an existing scheduler, "
                              "SLURM (dask-jobqueue; options in a job file's [cluster]) or one worker per GPU")
+
+
+def _offset(text: str):
+    """``--offset auto|none|VALUE``."""
+    low = text.strip().lower()
+    if low in ("auto", "none"):
+        return None if low == "none" else "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a number, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,24 +80,36 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
 
     t = sub.add_parser("tomo", help="reconstruct (and segment, quantify) a tilt series")
-    t.add_argument("input", type=Path, help="tilt series: DXchange .h5, MRC (+ .rawtlt/.tlt) or TIFF (+ angles)")
+    t.add_argument("input", type=Path,
+                   help="tilt series: DXchange .h5, MRC/.st/.ali (FEI, SerialEM + .mdoc; + .rawtlt/.tlt), "
+                        "DM3/DM4, ETSpy .hspy, Velox .emd, TIFF (+ angles), or a folder of one-file-per-tilt "
+                        "DM/MRC images")
     t.add_argument("-o", "--output", type=Path, required=True, help="result file (.h5)")
     t.add_argument("--method", default="fbp", choices=["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv", "dart"])
     t.add_argument("--iterations", type=int, default=None, help="iterations of iterative methods")
     t.add_argument("--center", type=float, default=None, help="rotation-axis column (pixels); default the detector centre")
     t.add_argument("--align", action="store_true",
-                   help="align first: tilt axis, drift and centre (written to /tomo/alignment)")
+                   help="align first: tilt axis, drift and centre (written to /tomo/alignment, and for "
+                        "IMOD as OUT.xf + OUT.tlt beside the result)")
     t.add_argument("--tilt-axis", type=float, default=0.0, metavar="DEG",
                    help="nominal tilt-axis angle (degrees, DESIGN.md §3); --align searches within 10° of it")
     t.add_argument("--segment", type=int, default=0, metavar="N",
                    help="segment into N classes including vacuum (multi-Otsu) and quantify; 0 = no segmentation")
-    t.add_argument("--angles", type=Path, default=None, help="angle file (degrees, one per line) for TIFF/MRC input")
+    t.add_argument("--angles", type=Path, default=None,
+                   help="angle file (degrees, one per line); wins over the file's own angles")
+    t.add_argument("--offset", type=_offset, default="auto", metavar="auto|none|VALUE",
+                   help="detector offset of electron data: auto = the vacuum level found in the data "
+                        "(default), none, or a value in file units subtracted from every image")
+    t.add_argument("--xf", type=Path, default=None, metavar="FILE.xf",
+                   help="reconstruct with an IMOD/AreTomo/ETSpy .xf alignment (instead of --align)")
     t.add_argument("--voxel-size", type=float, default=None, help="voxel size (nm); default from the file")
     t.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
     add_cluster_option(t)
 
     s = sub.add_parser("stem", help="calibrate a 4D-STEM scan, find Bragg disks, map strain and phases")
-    s.add_argument("input", type=Path, help="4D-STEM data: .npy, HDF5, py4DSTEM .emd (raw needs --shape/--dtype)")
+    s.add_argument("input", type=Path,
+                   help="4D-STEM data: .npy, HDF5, py4DSTEM .emd, Merlin .mib (+ .hdr), blockfile .blo, DM3/DM4 4D, "
+                        "Velox .emd, fpd HDF5, Dectris *_master.h5, EMPAD .xml (raw needs --shape/--dtype)")
     s.add_argument("-o", "--output", type=Path, required=True, help="result file (.h5)")
     s.add_argument("--phases", default="NiO,Ni,Na2O", help="candidate phases, comma-separated (default NiO,Ni,Na2O)")
     s.add_argument("--reference", type=_region, default=None, metavar="y0:y1,x0:x1",
@@ -87,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--convergence-mrad", type=float, default=None, help="probe semi-angle (mrad); default from the file")
     s.add_argument("--shape", type=_shape, default=None, help="raw files: scan_y,scan_x,ky,kx")
     s.add_argument("--dtype", default=None, help="raw files: numpy dtype, e.g. uint16")
+    s.add_argument("--scan-shape", type=_scan_shape, default=None, metavar="SY,SX",
+                   help="scan rows,columns where the file does not record them (.mib without .hdr, Dectris, EMPAD)")
     s.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
     add_cluster_option(s)
 
@@ -130,14 +166,16 @@ def _dispatch(args, command: str) -> int:
         pipeline.tomo(
             args.input, args.output, method=args.method, iterations=args.iterations, center=args.center,
             segment=args.segment, angles=args.angles, voxel_size_nm=args.voxel_size, align=args.align,
-            tilt_axis_deg=args.tilt_axis, backend=args.backend, command=command, cluster=args.cluster,
+            tilt_axis_deg=args.tilt_axis, backend=args.backend, command=command,
+            offset=args.offset, xf=args.xf, cluster=args.cluster,
         )
         return 0
     if args.command == "stem":
         pipeline.stem(
             args.input, args.output, phases=args.phases.split(","), reference=args.reference, probe=args.probe,
             q_pixel_size=args.q_pixel_size, energy_kev=args.energy_kev, convergence_mrad=args.convergence_mrad,
-            shape=args.shape, dtype=args.dtype, backend=args.backend, command=command, cluster=args.cluster,
+            shape=args.shape, dtype=args.dtype, backend=args.backend, command=command, scan_shape=args.scan_shape,
+            cluster=args.cluster,
         )
         return 0
     if args.command == "run":

@@ -151,9 +151,12 @@ class Job:
 
 def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0, angles=None,
          voxel_size_nm=None, align=False, tilt_axis_deg=0.0, backend="auto", command="",
-         job: Job | None = None, cluster=None) -> Path | None:
-    """Reconstruct a tilt series file (or TiltSeries), optionally aligned first (``align``: tilt
-    axis searched near ``tilt_axis_deg``, drift, centre) and segmented + quantified; write ``output``.
+         job: Job | None = None, offset="auto", xf=None, cluster=None) -> Path | None:
+    """Reconstruct a tilt series file, folder of one-file-per-tilt images (or TiltSeries),
+    optionally aligned first (``align``: tilt axis searched near ``tilt_axis_deg``, drift, centre;
+    ``OUT.xf``/``OUT.tlt`` are written beside the result for IMOD) or with an IMOD/AreTomo/ETSpy
+    ``.xf`` alignment (``xf``), and segmented + quantified; write ``output``. ``offset``: the
+    detector offset rule of ``io.read_tilt_series`` ("auto", None or a number).
 
     With ``job`` given, the steps are added to that job and nothing is written here. ``cluster``:
     a ``--cluster`` value (``distributed.open_cluster``) whose executor runs the slice chunks.
@@ -166,8 +169,14 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
     params = {"tomo": {"input": str(input), "method": method, "iterations": iterations, "center": center,
                        "segment": segment, "voxel_size_nm": voxel_size_nm, "align": bool(align),
                        "tilt_axis_deg": tilt_axis_deg}}
+    if offset != "auto":
+        params["tomo"]["offset"] = offset
+    if xf is not None:
+        params["tomo"]["xf"] = str(xf)
     if align and center is not None:
         raise InputError("give either align (which finds the centre) or center, not both")
+    if align and xf is not None:
+        raise InputError("give either align or an .xf alignment file, not both")
     own = job is None
     job = job or Job(Path(output), command, params, backend)
     if own and cluster is not None:
@@ -175,16 +184,24 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
 
         with open_cluster(cluster) as job.executor:
             tomo(input, None, method=method, iterations=iterations, center=center, segment=segment, angles=angles,
-                 voxel_size_nm=voxel_size_nm, align=align, tilt_axis_deg=tilt_axis_deg, job=job)
-        return job.finish()
+                 voxel_size_nm=voxel_size_nm, align=align, tilt_axis_deg=tilt_axis_deg, job=job, offset=offset,
+                 xf=xf)
+        volume_shape = tuple(job.results["tomo"]["volume"].shape)  # (n_rows, n_cols, n_cols)
+        path = job.finish()
+        if align:
+            found = job.results["tomo"]["alignment"]
+            _write_imod_alignment(job.out, found, (len(found["angles_deg"]),) + volume_shape[:2])
+        return path
     if hasattr(input, "angles_deg"):
         series = input
-    elif align:
-        series = io.read_tilt_series(Path(input), angles=angles)
+    elif align or xf is not None:
+        series = io.read_tilt_series(Path(input), angles=angles, offset=offset)
     else:  # read lazily, row chunks per worker (DESIGN.md §2)
-        series = _tilt_source(Path(input), angles)
+        series = io.open_tilt_series(Path(input), angles=angles, offset=offset)
     voxel = voxel_size_nm or series.pixel_size_nm or 1.0
     geometry = {"center": center}
+    if xf is not None:
+        series, geometry = _xf_alignment(job, series, xf, center)
     if align:
         if not job.done("align"):
             with job.step("align"):
@@ -206,7 +223,44 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
     job.results.setdefault("tomo", {})["volume"] = volume
     if segment:
         _segment_and_quantify(job, segment, voxel)
-    return job.finish() if own else None
+    if not own:
+        return None
+    path = job.finish()
+    if align:
+        _write_imod_alignment(job.out, job.results["tomo"]["alignment"], series.shape)
+    return path
+
+
+def _xf_alignment(job: Job, series, xf_path, center):
+    """(series, geometry) for an IMOD .xf: a common rotation + shifts becomes tomostrain's
+    alignment (recorded in /tomo/alignment); general transforms are applied to the projections."""
+    from .errors import GeometryError
+    from .reconstruction import xf as xfm
+
+    transforms = io.imod.read_xf(xf_path)
+    if transforms.shape[0] != series.shape[0]:
+        raise GeometryError(f"{xf_path} holds {transforms.shape[0]} transforms for {series.shape[0]} projections")
+    try:
+        shifts, axis = xfm.xf_to_alignment(transforms)
+    except GeometryError:
+        data = xfm.apply_xf(series.data, transforms)
+        return io.TiltSeries(data, series.angles_deg, series.pixel_size_nm, dict(series.meta)), {"center": center}
+    c = (series.shape[2] - 1) / 2.0 if center is None else float(center)
+    job.results.setdefault("tomo", {})["alignment"] = {
+        "shifts": shifts, "angles_deg": np.asarray(series.angles_deg, np.float64),
+        "@attrs": {"center": c, "tilt_axis_deg": axis, "source": str(xf_path)}}
+    return series, {"shifts": shifts, "center": c, "tilt_axis_deg": axis}
+
+
+def _write_imod_alignment(out: Path, alignment: dict, shape) -> None:
+    """``OUT.xf`` and ``OUT.tlt`` beside the result: the found alignment for IMOD/AreTomo/ETSpy."""
+    from .reconstruction import xf as xfm
+
+    attrs = alignment["@attrs"]
+    transforms = xfm.alignment_to_xf(np.asarray(alignment["shifts"]), float(attrs["tilt_axis_deg"]),
+                                     shape=shape[1:], center=float(attrs["center"]))
+    io.imod.write_xf(out.with_suffix(".xf"), transforms)
+    io.imod.write_tlt(out.with_suffix(".tlt"), np.asarray(alignment["angles_deg"]))
 
 
 TV_WEIGHT = 0.08  # TV denoising weight before segmentation, as a fraction of the 99.5th percentile
@@ -236,17 +290,6 @@ def _segment_and_quantify(job: Job, classes: int, voxel_size_nm: float) -> None:
             tomo_results["quantify"] = _quantify_tree(q)
 
 
-def _tilt_source(path: Path, angles):
-    """A lazy tilt source (rows read per chunk): ``io.open_tilt_series`` where it exists, else
-    the minimal DXchange row source of ``io.lazy`` (other formats are read whole)."""
-    opener = getattr(io, "open_tilt_series", None)
-    if opener is not None:
-        return opener(path, angles=angles)
-    from .io.lazy import open_rows
-
-    return open_rows(path, angles=angles)
-
-
 def _quantify_tree(q: dict) -> dict:
     """quantify()'s dict -> HDF5 tree: tables as datasets, scalars as JSON attrs."""
     tree, attrs = {}, {}
@@ -267,14 +310,15 @@ def _now() -> str:
 
 def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=None, q_pixel_size=None,
          energy_kev=None, convergence_mrad=None, shape=None, dtype=None, backend="auto", command="",
-         job: Job | None = None, cluster=None) -> Path | None:
+         job: Job | None = None, scan_shape=None, cluster=None) -> Path | None:
     """Calibrate a 4D-STEM scan, find Bragg disks, fit the lattice, map strain and phases.
 
     ``reference`` (y0, y1, x0, x1) is the unstrained region (default: every position of the main
     phase, i.e. the most frequent non-vacuum phase); ``probe`` a vacuum region (y0, y1, x0, x1), a
     probe image file (.npy/.tif) or None for the positions that scatter least. The q pixel size
     (1/Å) comes from the file's metadata unless given. With ``job`` given, the steps are added to
-    that job and nothing is written here.
+    that job and nothing is written here. ``scan_shape`` (scan_y, scan_x) is for microscope files
+    that do not record it (a Merlin .mib without .hdr, Dectris data, ...).
     """
     from .strain.disks import BraggPeaks, disk_geometry
     from .strain.lattice import choose_lattice_vectors, fit_lattice
@@ -288,7 +332,8 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
         raise InputError(f"reference must be (y0, y1, x0, x1), got {reference!r}")
     params = {"stem": {"input": str(input), "phases": list(phases), "reference": reference,
                        "probe": str(probe) if probe is not None else None, "q_pixel_size": q_pixel_size,
-                       "energy_kev": energy_kev, "convergence_mrad": convergence_mrad}}
+                       "energy_kev": energy_kev, "convergence_mrad": convergence_mrad,
+                       "scan_shape": list(scan_shape) if scan_shape is not None else None}}
     own = job is None
     job = job or Job(Path(output), command, params, backend)
     if own and cluster is not None:
@@ -296,10 +341,11 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
 
         with open_cluster(cluster) as job.executor:
             stem(input, None, phases=phases, reference=reference, probe=probe, q_pixel_size=q_pixel_size,
-                 energy_kev=energy_kev, convergence_mrad=convergence_mrad, shape=shape, dtype=dtype, job=job)
+                 energy_kev=energy_kev, convergence_mrad=convergence_mrad, shape=shape, dtype=dtype, job=job,
+                 scan_shape=scan_shape)
         return job.finish()
     resolve_phases(list(phases))  # unknown names fail before any work
-    cube = opened = io.read_datacube(Path(input), shape=shape, dtype=dtype)
+    cube = opened = io.read_datacube(Path(input), shape=shape, dtype=dtype, scan_shape=scan_shape)
     if getattr(job.executor, "client", None) is not None and cube.meta.get("dataset"):
         import dataclasses
 

@@ -85,3 +85,20 @@ def atomic_paths(*paths):
         for tmp in temps:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+
+
+@contextlib.contextmanager
+def foreign_errors(path, what: str = "file"):
+    """Turn what a reader library raises on a damaged file (h5py's OSError/RuntimeError/KeyError,
+    ValueError, TypeError, ...) into a one-line FileFormatError that names the file and cause."""
+    from ..errors import TomostrainError
+
+    try:
+        yield
+    except TomostrainError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, EOFError,
+            AttributeError, UnicodeDecodeError) as exc:
+        cause = " ".join(str(exc).split())[:200]
+        raise FileFormatError(f"cannot read {what} {path} (truncated or corrupt?): "
+                              f"{type(exc).__name__}: {cause}") from None

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import FileFormatError, InputError
 from ..gpu_core import backend
 from ..strain.datacube import DataCube
-from . import _files
+from . import _files, stem_formats
 
 RAW_SUFFIXES = (".raw", ".bin", ".dat")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs")
@@ -36,8 +36,12 @@ _Q_UNITS = {"a^-1": 1.0}  # -> 1/Å
 _R_UNITS = {"nm": 1.0, "a": 0.1}  # -> nm
 
 
-def read_datacube(path, *, shape=None, dtype=None, dataset: str | None = None, offset: int = 0):
+def read_datacube(path, *, shape=None, dtype=None, dataset: str | None = None, offset: int = 0, scan_shape=None):
     """Open a 4D-STEM file (format from the suffix) as a lazy DataCube.
+
+    Microscope formats (Merlin .mib/.hdr, blockfile .blo, DM3/DM4 4D, Velox .emd, fpd HDF5,
+    Dectris ``*_master.h5``, EMPAD .xml/.raw) are read by ``io.stem_formats``; ``scan_shape``
+    (scan_y, scan_x) gives the scan where the file does not (e.g. a .mib without .hdr).
 
     shape, dtype, offset : raw binary only: (scan_y, scan_x, ky, kx), element dtype (byte order
         included, e.g. ``'<u2'``) and the header size in bytes before the data
@@ -46,7 +50,12 @@ def read_datacube(path, *, shape=None, dtype=None, dataset: str | None = None, o
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    known = (".npy",) + RAW_SUFFIXES + HDF5_SUFFIXES + EMD_SUFFIXES
+    fmt = None if shape is not None or dtype is not None or offset or dataset is not None else stem_formats.detect(path)
+    if fmt is not None:
+        return stem_formats.read(path, fmt, scan_shape=scan_shape)
+    if scan_shape is not None:
+        raise InputError(f"scan_shape= applies to microscope 4D-STEM formats (.mib, .blo, .emd, ...), not {path.name}")
+    known = tuple(stem_formats.SUFFIX_FORMATS) + (".npy",) + RAW_SUFFIXES + HDF5_SUFFIXES + EMD_SUFFIXES
     if suffix not in known:
         raise FileFormatError(f"unknown 4D-STEM format {suffix!r} for {path}; expected one of {known}")
     if suffix not in RAW_SUFFIXES and (shape is not None or dtype is not None or offset):
