@@ -192,6 +192,7 @@ def test_cluster_specs_and_the_slurm_job_script():
 
 @pytest.mark.gpu
 def test_sirt_on_a_local_cuda_cluster_equals_inline():
+    pytest.importorskip("dask_cuda")
     from tomostrain.distributed import open_cluster
 
     data = _series()
