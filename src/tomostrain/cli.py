@@ -60,6 +60,13 @@ def _probe(text: str):
     return _region(text) if ":" in text and "," in text and not Path(text).exists() else Path(text)
 
 
+def add_cluster_option(parser: argparse.ArgumentParser) -> None:
+    """``--cluster``, shared by every command that runs chunked steps (tomo, stem, kinetics, run)."""
+    parser.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT|slurm|cuda",
+                        help="run the chunks on Dask: a LocalCluster of N workers, an existing scheduler, "
+                             "SLURM (dask-jobqueue; options in a job file's [cluster]) or one worker per GPU")
+
+
 def _offset(text: str):
     """``--offset auto|none|VALUE``."""
     low = text.strip().lower()
@@ -121,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--energy-kev", type=float, default=None, help="X-ray energy (keV) for --paganin")
     t.add_argument("--distance-m", type=float, default=None, help="sample-detector distance (m) for --paganin")
     t.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
+    add_cluster_option(t)
 
     x = sub.add_parser("xanes", help="TXM-XANES tomography (or 2-D mapping): per-voxel fractions of reference spectra")
     x.add_argument("input", type=Path, nargs="+", help="DXchange .h5 with /exchange/energy (or one file per energy)")
@@ -157,9 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scan-shape", type=_scan_shape, default=None, metavar="SY,SX",
                    help="scan rows,columns where the file does not record them (.mib without .hdr, Dectris, EMPAD)")
     s.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
+    add_cluster_option(s)
 
     r = sub.add_parser("run", help="run a TOML job file (the batch form of tomo and stem)")
     r.add_argument("job", type=Path)
+    add_cluster_option(r)
 
     sub.add_parser("bench", add_help=False,
                    help="benchmark suites side by side with peers, from a source checkout "
@@ -204,7 +214,7 @@ def _dispatch(args, command: str) -> int:
             args.input, args.output, method=args.method, iterations=args.iterations, center=args.center,
             segment=args.segment, angles=args.angles, voxel_size_nm=args.voxel_size, align=args.align,
             tilt_axis_deg=args.tilt_axis, backend=args.backend, command=command,
-            offset=args.offset, xf=args.xf,
+            offset=args.offset, xf=args.xf, cluster=args.cluster,
             center_method=args.center_method, rings=args.rings, zingers=args.zingers,
             beam_background=args.beam_background, paganin=_paganin_args(args),
         )
@@ -222,10 +232,11 @@ def _dispatch(args, command: str) -> int:
             args.input, args.output, phases=args.phases.split(","), reference=args.reference, probe=args.probe,
             q_pixel_size=args.q_pixel_size, energy_kev=args.energy_kev, convergence_mrad=args.convergence_mrad,
             shape=args.shape, dtype=args.dtype, backend=args.backend, command=command, scan_shape=args.scan_shape,
+            cluster=args.cluster,
         )
         return 0
     if args.command == "run":
-        pipeline.run_job(args.job, command=command)
+        pipeline.run_job(args.job, command=command, cluster=args.cluster)
         return 0
     raise AssertionError(args.command)
 

@@ -18,6 +18,7 @@ import numpy as np
 from . import __version__, io, safety, validation
 from .errors import CalibrationError, InputError
 from .gpu_core import backend as be
+from .io.store import without_slabs
 
 
 def info() -> dict:
@@ -62,6 +63,8 @@ class Job:
         self.results: dict = {}
         self._done: set[str] = set()
         self._console = console
+        self.executor = None  # a distributed executor (``--cluster``); None runs chunks in this process
+        self._store = None    # io.store.ChunkStore of the big arrays, made on first use
         self._resume()
 
     def _checkpoint_key(self) -> dict:
@@ -104,19 +107,55 @@ class Job:
         self._print(f"  {name} done in {seconds:.1f} s")
         prov = self._provenance(finished=False)
         prov["json_attrs"] = _json_attr_paths(self.results)
-        io.write_results(self.partial, self.results, prov)
+        io.write_results(self.partial, without_slabs(self.results), prov)
 
     def finish(self) -> Path:
         """Write the complete result file atomically, drop the checkpoint, release the lock."""
-        io.write_results(self.out, self.results, self._provenance(finished=True))
+        if self._store is not None:  # the big arrays are already in the store: it becomes the result
+            self._store.finish(self.out, self.results, self._provenance(finished=True))
+            self._store = None
+        else:
+            io.write_results(self.out, self.results, self._provenance(finished=True))
         self.partial.unlink(missing_ok=True)
         self.lock.release()
         return self.out
+
+    def array(self, name: str, shape, dtype=np.float32):
+        """A big result array written chunk by chunk into the job's chunk store (``io.store``),
+        resumable per chunk: reopened with its progress on a rerun with the same parameters."""
+        if self._store is None:
+            from .io.store import ChunkStore, store_path
+
+            key = getattr(self, "key", None) or json.dumps(self.parameters, sort_keys=True, default=str)
+            self._store = ChunkStore(store_path(self.out), key, say=self._print)
+        return self._store.array(name, shape, dtype)
+
+    def progress(self, label: str):
+        """A per-chunk progress callback ``(done, total)``: a rich progress bar on stderr."""
+        state = {}
+
+        def update(done: int, total: int) -> None:
+            if "bar" not in state:
+                from rich.progress import Progress
+
+                state["bar"] = Progress(console=self._console, transient=True)
+                state["bar"].start()
+                state["task"] = state["bar"].add_task(f"  {label}", total=total)
+            state["bar"].update(state["task"], completed=done)
+            if done >= total:
+                state["bar"].stop()
+
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+        return update
 
     def _provenance(self, finished: bool) -> dict:
         prov = dict(self.provenance)
         prov["steps_done"] = sorted(self._done)
         prov["finished"] = _now() if finished else ""
+        prov["executor"] = self.executor.describe() if self.executor is not None else "inline"
         return prov
 
     def _print(self, text: str) -> None:
@@ -155,7 +194,7 @@ def _decode_json_attrs(tree: dict, paths: list[str]) -> None:
 def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0, angles=None,
          voxel_size_nm=None, align=False, tilt_axis_deg=0.0, backend="auto", command="",
          job: Job | None = None, offset="auto", xf=None, rings=None, zingers=None, paganin=None,
-         beam_background=None, center_method="vo") -> Path | None:
+         beam_background=None, center_method="vo", cluster=None) -> Path | None:
     """Reconstruct a tilt series file, folder of one-file-per-tilt images (or TiltSeries),
     optionally aligned first (``align``: tilt axis searched near ``tilt_axis_deg``, drift, centre;
     ``OUT.xf``/``OUT.tlt`` are written beside the result for IMOD) or with an IMOD/AreTomo/ETSpy
@@ -169,6 +208,10 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
     optionally ``pixel_size_m``, default the file's pixel size), ``beam_background`` (columns)
     run ``reconstruction.preprocess.preprocess_xray`` on the raw counts (``_xray_series``);
     ``center="auto"`` finds the rotation axis (``center_method`` "vo" or "phase") on any data.
+
+    ``cluster``: a ``--cluster`` value (``distributed.open_cluster``) whose executor runs the slice
+    chunks. The volume is written chunk by chunk into the result file as it is reconstructed (a
+    resumable chunk store, ``io.store``): a rerun after a kill recomputes only missing chunks.
     """
     from .reconstruction import align as find_alignment
     from .reconstruction import reconstruct
@@ -198,17 +241,34 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
     if align and own:  # OUT.xf / OUT.tlt are written too: never over an input (an .ali's .tlt)
         for side in (job.out.with_suffix(".xf"), job.out.with_suffix(".tlt")):
             safety.check_output(side, job.inputs)
+    if own and cluster is not None:
+        from .distributed import open_cluster
+
+        with open_cluster(cluster) as job.executor:
+            tomo(input, None, method=method, iterations=iterations, center=center, segment=segment, angles=angles,
+                 voxel_size_nm=voxel_size_nm, align=align, tilt_axis_deg=tilt_axis_deg, job=job, offset=offset,
+                 xf=xf, center_method=center_method, **xray)
+        volume_shape = tuple(job.results["tomo"]["volume"].shape)  # (n_rows, n_cols, n_cols)
+        path = job.finish()
+        if align:
+            found = job.results["tomo"]["alignment"]
+            _write_imod_alignment(job.out, found, (len(found["angles_deg"]),) + volume_shape[:2])
+        return path
     if any(v is not None for v in xray.values()):
         series, center = _xray_series(input, center, center_method, voxel_size_nm, **xray)
-    else:
-        series = input if hasattr(input, "angles_deg") else io.read_tilt_series(Path(input), angles=angles,
-                                                                                   offset=offset)
-        if center == "auto":
-            from .reconstruction.preprocess import find_center
+    elif hasattr(input, "angles_deg"):
+        series = input
+    elif align or xf is not None or center == "auto":
+        series = io.read_tilt_series(Path(input), angles=angles, offset=offset)
+    else:  # read lazily, row chunks per worker (DESIGN.md §2)
+        series = io.open_tilt_series(Path(input), angles=angles, offset=offset)
+    if center == "auto":
+        from .reconstruction.preprocess import find_center
 
-            center = find_center(series.data, series.angles_deg, center_method)
+        center = find_center(series.data, series.angles_deg, center_method)
     voxel = voxel_size_nm or series.pixel_size_nm or 1.0
-    _tomo_preflight(series.shape, method)
+    if isinstance(series, io.TiltSeries):  # a lazy source is reconstructed in chunks: no whole-volume need
+        _tomo_preflight(series.shape, method)
     # a nominal tilt axis without --align is applied as known geometry, not ignored
     geometry = {"center": center} if align or not tilt_axis_deg else {"center": center, "tilt_axis_deg": tilt_axis_deg}
     if xf is not None:
@@ -223,16 +283,19 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
         found = job.results["tomo"]["alignment"]
         geometry = {"shifts": np.asarray(found["shifts"]), "center": float(found["@attrs"]["center"]),
                     "tilt_axis_deg": float(found["@attrs"]["tilt_axis_deg"])}
-    if not job.done("reconstruct"):
+    n_cols = series.shape[2]
+    volume = job.array("tomo/volume", (series.shape[1], n_cols, n_cols), np.float32)
+    if not job.done("reconstruct") or not volume.complete():
         with job.step("reconstruct"):
             kw = {} if iterations is None else {"iterations": iterations}
-            volume = reconstruct(series, method=method, backend=job.backend, **geometry, **kw)
-            job.results.setdefault("tomo", {})["volume"] = be.to_host(volume).astype(np.float32)
-            job.results["tomo"]["@attrs"] = {"method": method, "voxel_size_nm": voxel}
+            reconstruct(series, method=method, backend=job.backend, executor=job.executor, out=volume,
+                        progress=job.progress("reconstruct"), **geometry, **kw)
+            job.results.setdefault("tomo", {})["@attrs"] = {"method": method, "voxel_size_nm": voxel}
             if center is not None and not align:
                 job.results["tomo"]["@attrs"]["center"] = float(center)
             if any(v is not None for v in xray.values()):
                 job.results["tomo"]["@attrs"]["xray_preprocessing"] = {k: v for k, v in xray.items() if v is not None}
+    job.results.setdefault("tomo", {})["volume"] = volume
     if segment:
         _segment_and_quantify(job, segment, voxel)
     if not own:
@@ -439,7 +502,7 @@ def _segment_and_quantify(job: Job, classes: int, voxel_size_nm: float) -> None:
     tomo_results = job.results["tomo"]
     if not job.done("segment"):
         with job.step("segment"):
-            volume = be.to_device(tomo_results["volume"], job.backend)
+            volume = be.to_device(np.asarray(tomo_results["volume"]), job.backend)
             xp = be.xp_of(volume)
             # TV keeps phase edges while flattening noise; vacuum dominates the histogram, so a
             # Gaussian blur would smear the few-voxel shell into it. Weight relative to the bright end.
@@ -478,7 +541,7 @@ def _now() -> str:
 @safety.entry_point
 def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=None, q_pixel_size=None,
          energy_kev=None, convergence_mrad=None, shape=None, dtype=None, backend="auto", command="",
-         job: Job | None = None, scan_shape=None) -> Path | None:
+         job: Job | None = None, scan_shape=None, cluster=None) -> Path | None:
     """Calibrate a 4D-STEM scan, find Bragg disks, fit the lattice, map strain and phases.
 
     ``reference`` (y0, y1, x0, x1) is the unstrained region (default: every position of the main
@@ -488,12 +551,11 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
     that job and nothing is written here. ``scan_shape`` (scan_y, scan_x) is for microscope files
     that do not record it (a Merlin .mib without .hdr, Dectris data, ...).
     """
-    from .strain import calibrate
-    from .strain.disks import disk_geometry, find_bragg_disks
+    from .strain.disks import BraggPeaks, disk_geometry
     from .strain.lattice import choose_lattice_vectors, fit_lattice
-    from .strain.phases import phase_map, resolve_phases
+    from .strain.passes import ScanCalibration, calibrate_scan, scan_maps
+    from .strain.phases import resolve_phases
     from .strain.strainmap import strain_map
-    from .strain.virtual import virtual_adf, virtual_bf
 
     if isinstance(phases, str):  # "NiO,Ni,Na2O" from a job file
         phases = [p.strip() for p in phases.split(",") if p.strip()]
@@ -514,8 +576,23 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
                               dtype=None if dtype is None else str(dtype))
     own = job is None
     job = job or Job(Path(output), command, params, backend)
+    if own and cluster is not None:
+        from .distributed import open_cluster
+
+        with open_cluster(cluster) as job.executor:
+            stem(input, None, phases=phases, reference=reference, probe=probe, q_pixel_size=q_pixel_size,
+                 energy_kev=energy_kev, convergence_mrad=convergence_mrad, shape=shape, dtype=dtype, job=job,
+                 scan_shape=scan_shape)
+        return job.finish()
     resolve_phases(list(phases))  # unknown names fail before any work
-    cube = io.read_datacube(Path(input), shape=shape, dtype=dtype, scan_shape=scan_shape, check=False)
+    cube = opened = io.read_datacube(Path(input), shape=shape, dtype=dtype, scan_shape=scan_shape, check=False)
+    if getattr(job.executor, "client", None) is not None and cube.meta.get("dataset"):
+        import dataclasses
+
+        from .io.lazy import H5Rows  # workers open the file themselves: the chunks pickle
+
+        cube = dataclasses.replace(cube, data=H5Rows(cube.meta["source"], cube.meta["dataset"]),
+                                   meta={k: v for k, v in cube.meta.items() if k != "file"})
     try:
         _stem_preflight(cube)
         io.check_datacube(cube)  # finite, not all zero, not negated: streamed, before any step
@@ -532,27 +609,34 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
             ref_mask[y0:y1, x0:x1] = True
         st = job.results.setdefault("stem", {})
         b = job.backend
+        # three passes over the cube (strain.passes): 1 mean pattern + totals, 2 origins + vacuum
+        # patterns (probe), 3 disks + BF/ADF + radial profiles (phase map), each chunked on job.executor
         if not job.done("calibrate"):
             with job.step("calibrate"):
-                kernel = _probe_template(cube, probe, b)
-                origin = calibrate.fit_origin(cube, backend=b)
+                given = None if probe is None else _probe_template(cube, probe, b)
+                sc = calibrate_scan(cube, probe=given, executor=job.executor, backend=b,
+                                    progress=job.progress("calibrate"))
+                kernel = sc.probe
                 radius = disk_geometry(kernel)[2]
                 _check_disk(radius, cube.detector_shape, input)
-                st["calibration"] = {"origin": be.to_host(origin).astype(np.float32), "probe": be.to_host(kernel),
+                st["calibration"] = {"origin": sc.origin.astype(np.float32), "probe": be.to_host(kernel),
+                                     "total_intensity": sc.total,
                                      "@attrs": {"q_pixel_size": q_pixel_size, "disk_radius_px": radius,
                                                 "energy_kev": energy_kev or cube.meta.get("energy_kev"),
                                                 "convergence_mrad": convergence_mrad or cube.meta.get("convergence_mrad")}}
         cal = st["calibration"]
         origin, kernel, radius = cal["origin"], cal["probe"], float(cal["@attrs"]["disk_radius_px"])
-        if not job.done("virtual"):
-            with job.step("virtual"):
-                st["virtual"] = {"bf": be.to_host(virtual_bf(cube, radius * 1.2, origin, backend=b)),
-                                 "adf": be.to_host(virtual_adf(cube, radius * 2.5, min(cube.detector_shape) / 2, origin, backend=b))}
-        if not job.done("phase"):
-            with job.step("phase"):
-                pm = phase_map(cube, list(phases), q_pixel_size, origin=origin, disk_radius=radius, backend=b)
+        if not job.done("scan"):
+            with job.step("scan"):
+                sc = ScanCalibration(None, np.asarray(cal["total_intensity"]), None, np.asarray(origin, np.float64),
+                                     radius, np.asarray(kernel), None)
+                maps = scan_maps(cube, sc, list(phases), q_pixel_size, executor=job.executor, backend=b,
+                                 progress=job.progress("disks, virtual images, profiles"))
+                pm = maps.phase
+                st["virtual"] = {"bf": maps.bf, "adf": maps.adf}
                 st["phase"] = {"labels": be.to_host(pm.labels).astype(np.uint8),
                                "confidence": be.to_host(pm.confidence).astype(np.float32), "@attrs": {"names": list(pm.names)}}
+                st["peaks"] = {k: be.to_host(getattr(maps.peaks, k)) for k in ("qy", "qx", "intensity", "offsets")}
         labels = st["phase"]["labels"]
         counts = np.bincount(labels.ravel(), minlength=2)[1:]
         if counts.sum() == 0:
@@ -561,7 +645,8 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
         fit_region = ref_mask if ref_mask is not None else main
         if not job.done("lattice"):
             with job.step("lattice"):
-                peaks = find_bragg_disks(cube, kernel, backend=b)
+                pk = st["peaks"]
+                peaks = BraggPeaks(pk["qy"], pk["qx"], pk["intensity"], pk["offsets"], cube.scan_shape)
                 g1, g2 = choose_lattice_vectors(peaks, origin, mask=main)
                 ellipse = _fit_ellipse(peaks, origin, g1, g2, fit_region) if cube.ellipse is None else cube.ellipse
                 fit = fit_lattice(peaks, origin, g1, g2, ellipse=ellipse, q_pixel_size=q_pixel_size)
@@ -580,7 +665,7 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
                 st["strain"]["@attrs"] = {"reference": "region" if ref_mask is not None else "main phase",
                                           "G_ref_per_A": be.to_host(sm.G_ref).tolist()}
     finally:
-        _close(cube)
+        _close(opened)
     return job.finish() if own else None
 
 
@@ -647,8 +732,11 @@ def _close(cube) -> None:
 
 
 @safety.entry_point
-def run_job(path, command: str = "") -> Path:
-    """Run a TOML job file: ``[job] output, backend`` plus ``[tomo]`` and/or ``[stem]`` sections.
+def run_job(path, command: str = "", cluster=None) -> Path:
+    """Run a TOML job file: ``[job] output, backend`` plus ``[tomo]`` and/or ``[stem]`` sections,
+    and optionally ``[cluster]`` (``address = "local:4" | "tcp://HOST:PORT" | "slurm" | "cuda"``
+    plus, for slurm, ``queue, cores, memory, walltime, job_extra_directives, jobs``; see
+    ``distributed.dask_executor.parse``). ``cluster`` (``--cluster``) overrides that section.
 
     Relative paths are taken from the job file's folder. Example::
 
@@ -666,6 +754,14 @@ def run_job(path, command: str = "") -> Path:
         input = "particle3_scan.h5"
         phases = ["NiO", "Ni", "Na2O"]
         reference = [0, 8, 0, 8]
+        [cluster]
+        address = "slurm"
+        queue = "gpu"
+        cores = 8
+        memory = "64GB"
+        walltime = "02:00:00"
+        job_extra_directives = ["--gres=gpu:1"]
+        jobs = 4
     """
     path = Path(path)
     spec = validation.read_job_file(path)  # every section, key, type and range, before any work
@@ -681,15 +777,18 @@ def run_job(path, command: str = "") -> Path:
                 section[key] = [base / v for v in value]
     job = Job(base / settings["output"], command or f"tomostrain run {path}", json.loads(json.dumps(sections, default=str)),
               settings.get("backend", "auto"), inputs=[path])
-    if "tomo" in sections:
-        tomo(output=None, job=job, **sections["tomo"])
-    if "stem" in sections:
-        s = sections["stem"]
-        if "reference" in s:
-            s["reference"] = tuple(s["reference"])
-        stem(output=None, job=job, **s)
-    if "xanes" in sections:
-        xanes(output=None, job=job, **sections["xanes"])
+    from .distributed import open_cluster
+
+    with open_cluster(cluster if cluster is not None else spec.get("cluster")) as job.executor:
+        if "tomo" in sections:
+            tomo(output=None, job=job, **sections["tomo"])
+        if "stem" in sections:
+            s = sections["stem"]
+            if "reference" in s:
+                s["reference"] = tuple(s["reference"])
+            stem(output=None, job=job, **s)
+        if "xanes" in sections:
+            xanes(output=None, job=job, **sections["xanes"])
     return job.finish()
 
 

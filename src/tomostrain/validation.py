@@ -153,9 +153,30 @@ class XanesOptions(Section):
     fit: Literal["projection", "volume"] = "projection"
 
 
+class ClusterSettings(Section):
+    """``[cluster]``: where chunks run (``distributed.dask_executor.parse``); SLURM keys pass to
+    dask-jobqueue's SLURMCluster."""
+
+    address: str = Field("local", min_length=1)
+    workers: Optional[Annotated[int, Field(ge=1)]] = None
+    jobs: Optional[Annotated[int, Field(ge=1)]] = None
+    queue: Optional[str] = None
+    account: Optional[str] = None
+    cores: Optional[Annotated[int, Field(ge=1)]] = None
+    processes: Optional[Annotated[int, Field(ge=1)]] = None
+    memory: Optional[str] = None
+    walltime: Optional[str] = None
+    job_extra_directives: Optional[list[str]] = None
+    job_script_prologue: Optional[list[str]] = None
+    local_directory: Optional[str] = None
+    log_directory: Optional[str] = None
+    interface: Optional[str] = None
+    python: Optional[str] = None
+
+
 #: job-file sections (and commands) -> their model; add new commands here
 SECTIONS: dict[str, type[Section]] = {"job": JobSettings, "tomo": TomoOptions, "stem": StemOptions,
-                                      "xanes": XanesOptions}
+                                      "xanes": XanesOptions, "cluster": ClusterSettings}
 #: sections of which a job file needs at least one
 WORK_SECTIONS = ("tomo", "stem", "xanes")
 

@@ -90,3 +90,21 @@ def _free_gpu_pool() -> None:
         cupy.fft.config.get_plan_cache().clear()  # cached cuFFT plans hold work areas
     with contextlib.suppress(Exception):
         cupy.get_default_memory_pool().free_all_blocks()
+
+
+def run_split(process: Callable[[slice], object], sl: slice, combine: Callable[[list], object],
+              minimum: int = 1, on_oom_retry: int = 3):
+    """``process(sl)``; on a GPU out-of-memory error, run the two halves of ``sl`` instead (each
+    split again if it must, at most ``on_oom_retry`` levels deep, never below ``minimum``
+    items) and ``combine`` their results in order. The per-chunk retry of an executor's worker,
+    which gets one chunk at a time and cannot change the plan the way ``run_chunked`` does."""
+    try:
+        return process(sl)
+    except Exception as exc:  # noqa: BLE001 - only OOM is retried, everything else re-raised
+        n = sl.stop - sl.start
+        if not _is_oom(exc) or on_oom_retry <= 0 or n <= minimum or n < 2:
+            raise
+    _free_gpu_pool()
+    mid = sl.start + max(minimum, n // 2)
+    return combine([run_split(process, part, combine, minimum, on_oom_retry - 1)
+                    for part in (slice(sl.start, mid), slice(mid, sl.stop))])

@@ -58,6 +58,19 @@ def write_results(path, tree: Mapping, provenance: Mapping) -> None:
             _write_group(h5, tree)
 
 
+def fill(h5: h5py.File, tree: Mapping, provenance: Mapping) -> None:
+    """Write ``tree`` and ``/provenance`` into an open, writable HDF5 file that already holds
+    some datasets (the chunk store, ``io.store``, which then becomes the result file)."""
+    _check_tree(tree)
+    if PROVENANCE in tree:
+        raise InputError("the result tree must not hold 'provenance'; pass it as provenance=")
+    missing = [k for k in REQUIRED_PROVENANCE if k not in provenance]
+    if missing:
+        raise InputError(f"provenance lacks {missing}; a result file needs {REQUIRED_PROVENANCE}")
+    h5.require_group(PROVENANCE).attrs.update(_provenance_attrs(provenance, {}))
+    _write_group(h5, tree)
+
+
 def append_results(path, tree: Mapping, provenance: Mapping | None = None) -> None:
     """Add sections to an existing result file atomically (copy, add, rename over the original).
 

@@ -12,6 +12,14 @@ the same; then reconstruct independent slice chunks sized by ``gpu_core.chunks``
 budget. On the GPU with host data, each chunk is uploaded from a pinned buffer on a second
 stream while the previous chunk computes (double buffering), and results come back through a
 pinned buffer.
+
+Scale-out (``distributed/``): the per-chunk work is ``SliceReconstruction``, a picklable map step
+(``process(rows) -> volume slab``) that reads its rows itself, from an array or from a lazy tilt
+source (``.read(rows=slice)``, e.g. ``io.open_tilt_series``), so a worker only ever holds one
+chunk. Given an ``executor`` (inline, threads, Dask), a lazy source, or an ``out=`` sink,
+``reconstruct`` runs that step through ``distributed.map_into``: each slab is written into
+``out`` (an array, an HDF5 dataset, or a resumable store that skips chunks already done) as it
+arrives, so the whole volume need never be in memory.
 """
 from __future__ import annotations
 
@@ -25,12 +33,13 @@ from .geometry import TiltGeometry, align_projections, unpack_series
 METHODS = ("fbp", "gridrec", "sirt", "cgls", "os_sart", "tv", "dart")
 DEFAULT_ITERATIONS = {"sirt": 100, "cgls": 30, "os_sart": 10, "tv": 200, "dart": 20}
 # working set per slice, in float32 volume slices and sinograms (inputs, outputs, temporaries)
-_WORK = {"fbp": (2, 4), "gridrec": (4, 6), "sirt": (4, 4), "cgls": (5, 4), "os_sart": (4, 4),
+_WORK = {"fbp": (2, 4), "gridrec": (26, 10), "sirt": (4, 4), "cgls": (5, 4), "os_sart": (4, 4),
          "tv": (8, 5), "dart": (7, 5)}
 
 
 def reconstruct(series, method="fbp", angles_deg=None, center=None, shifts=None, tilt_axis_deg=0.0,
-                iterations=None, backend="auto", chunk_budget=None, **options):
+                iterations=None, backend="auto", chunk_budget=None, executor=None, out=None, progress=None,
+                **options):
     """Reconstruct a tilt series into a volume ``(n_rows, n_x, n_x)`` float32 ``[y, z, x]``.
 
     series : an object with ``.data`` (n_angles, n_rows, n_cols) and ``.angles_deg`` (a
@@ -41,19 +50,33 @@ def reconstruct(series, method="fbp", angles_deg=None, center=None, shifts=None,
     iterations : for the iterative methods; default ``DEFAULT_ITERATIONS[method]``
     backend : "auto" | "cpu" | "gpu", where to compute; the result lives where ``series`` does
     chunk_budget : bytes one chunk of slices may use; default ``gpu_core.backend.memory_budget``
+        (with an executor: each worker's own budget)
+    executor : a ``distributed`` executor (inline, threads, Dask) that runs the slice chunks;
+        default: this process
+    out : sink for the volume: an array or HDF5 dataset ``(n_rows, n_x, n_x)`` float32, or a
+        resumable store (``write(rows, slab)``, ``done(rows)``); returned when given
+    progress : ``progress(slices_done, n_rows)`` after every chunk (executor / sink path)
     options : passed to the method (``n_x``; fbp/gridrec: ``filter``, ``padding``,
         ``weighting``; iterative: ``nonnegative``, ``support`` (no ``x0`` here),
         ``weight`` (tv), ``levels``/``n_classes`` (dart), ...)
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
-    data, angles = unpack_series(series, angles_deg)
+    source = series if _is_lazy(series) else None
+    if source is not None:
+        if angles_deg is not None:
+            raise InputError("angles_deg given twice: the tilt source already carries .angles_deg")
+        data, angles = source, np.asarray(source.angles_deg, np.float64)
+    else:
+        data, angles = unpack_series(series, angles_deg)
     n_angles, n_rows, n_cols = data.shape
     geo = TiltGeometry(angles, n_rows, n_cols, center=center, shifts=shifts, tilt_axis_deg=tilt_axis_deg)
     if "x0" in options:
         raise InputError("reconstruct does not take x0; call the method (e.g. sirt) directly")
     where = _backend.resolve(backend)
     fourier = method in ("fbp", "gridrec")
+    if source is not None and (geo.needs_resampling or (fourier and geo.shifts is not None)):
+        data, source = source.to_series().data, None  # resampling mixes rows: the series is read whole
     if geo.needs_resampling or (fourier and geo.shifts is not None):
         # cubic: linear interpolation smooths the data unevenly (by the fractional shift), which
         # moves the grey-level histogram enough to shift multi-Otsu phase thresholds
@@ -68,6 +91,17 @@ def reconstruct(series, method="fbp", angles_deg=None, center=None, shifts=None,
 
     vol_slices, sino_slices = _WORK[method]
     per_slice = 4 * (vol_slices * n_x * n_x + sino_slices * n_angles * n_cols)
+    if executor is not None or source is not None or out is not None:
+        from ..distributed import InlineExecutor, map_into
+
+        step = SliceReconstruction(data if source is None else source, method, geo, n_x, dict(options), where,
+                                   per_slice)
+        executor = executor or InlineExecutor()
+        if out is None:
+            out = np.empty((n_rows, n_x, n_x), np.float32)
+        _check_sink(out, (n_rows, n_x, n_x))
+        plan = executor.plan(step, where, chunk_budget)
+        return map_into(executor, step, out, plan=plan, progress=progress)
     budget = _backend.memory_budget(where) if chunk_budget is None else int(chunk_budget)
     run = _solver(method, geo, n_x, options)
     input_on_gpu = _backend.is_gpu_array(data)
@@ -83,6 +117,42 @@ def reconstruct(series, method="fbp", angles_deg=None, center=None, shifts=None,
 
     chunks.run_chunked(process, n_rows, per_slice, budget)
     return _to_gpu(out) if input_on_gpu else out
+
+
+class SliceReconstruction:
+    """The map step of ``reconstruct``: ``process(rows)`` reads detector rows ``rows`` of the
+    series (an array, NumPy or CuPy, or a lazy source with ``.read(rows=slice)``), reconstructs
+    them with one method and fixed options on ``backend`` and returns the volume slab
+    ``(rows, n_x, n_x)`` float32 on the host. Picklable (a lazy source is opened on the worker)."""
+
+    kind = "map"
+    minimum = 1
+
+    def __init__(self, source, method, geometry, n_x, options, backend, bytes_per_slice):
+        self.source, self.method, self.geometry, self.n_x = source, method, geometry, int(n_x)
+        self.options, self.backend, self.bytes_per_item = options, backend, int(bytes_per_slice)
+        self.n_items = geometry.n_rows
+
+    def process(self, rows: slice):
+        if _is_lazy(self.source):
+            chunk = self.source.read(rows=rows)
+        else:
+            chunk = self.source[:, rows]
+        chunk = _backend.to_device(chunk, self.backend, dtype=np.float32)
+        xp = _backend.xp_of(chunk)
+        vol = _solver(self.method, self.geometry, self.n_x, self.options)(xp.ascontiguousarray(chunk), rows)
+        return np.asarray(_backend.to_host(vol), dtype=np.float32)
+
+
+def _is_lazy(series) -> bool:
+    """A lazy tilt source (``io.open_tilt_series``): rows are read on demand, never ``.data``."""
+    return hasattr(series, "read") and hasattr(series, "angles_deg") and not hasattr(series, "data")
+
+
+def _check_sink(out, shape) -> None:
+    got = tuple(getattr(out, "shape", ()))
+    if got != tuple(shape):
+        raise InputError(f"out= must have the volume's shape {tuple(shape)} (n_rows, n_x, n_x), got {got}")
 
 
 def _to_gpu(array):
@@ -124,7 +194,7 @@ def _global_defaults(method, data, geo, n_x, options, where):
         from .iterative import Operator, default_tv_weight
 
         op = Operator(_chunk_geometry(geo, slice(0, 1)), n_x, xp)
-        data_max = float(_backend.xp_of(data).abs(data).max())
+        data_max = _abs_max(data)
         options["weight"] = default_tv_weight(data_max, op, op.norm())
     if method == "dart" and options.get("levels") is None:
         from .dart import estimate_levels
@@ -132,11 +202,24 @@ def _global_defaults(method, data, geo, n_x, options, where):
 
         n_rows = data.shape[1]
         sample = np.unique(np.linspace(0, n_rows - 1, min(n_rows, 16)).round().astype(int))
-        part = _backend.to_device(_backend.to_host(data[:, sample]), where)
+        if _is_lazy(data):
+            part = np.concatenate([data.read(rows=slice(int(r), int(r) + 1)) for r in sample], axis=1)
+        else:
+            part = _backend.to_host(data[:, sample])
+        part = _backend.to_device(part, where)
         start = sirt(part, geometry=TiltGeometry(geo.angles_deg, len(sample), geo.n_cols, center=geo.center,
                                                 shifts=geo.shifts),
                      iterations=options.get("initial_iterations", 50), n_x=n_x)
         options["levels"] = estimate_levels(start, options.pop("n_classes", 3))
+
+
+def _abs_max(data) -> float:
+    """max |data| of an array, or of a lazy source read in row chunks (a reduction)."""
+    if not _is_lazy(data):
+        return float(_backend.xp_of(data).abs(data).max())
+    n_angles, n_rows, n_cols = data.shape
+    plan = chunks.plan(n_rows, 4 * n_angles * n_cols, 256 << 20)
+    return max(float(np.abs(data.read(rows=sl)).max()) for sl in plan)
 
 
 def _stream_through_gpu(data, run, n_rows, n_x, per_slice, budget):

@@ -17,6 +17,7 @@ O(N^2 log N) per slice.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -221,6 +222,15 @@ def polar_samples(angles_deg, n_cols, n_x, center, padding=True):
     return points_z, points_x, phase
 
 
+@functools.lru_cache(maxsize=4)
+def _polar_cached(angles_bytes, n_cols, n_x, center, padding):
+    """``polar_samples`` for one geometry, kept for the next call (read-only arrays)."""
+    out = polar_samples(np.frombuffer(angles_bytes, np.float64), n_cols, n_x, center, padding)
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
 def _polar_coefficients(xp, sinograms, factors, size, dtype):
     """rfft of (n_angles, S, n_cols) sinograms times factors (n_angles, K) -> (S, n_angles * K)."""
     spectrum = _rfft(xp, sinograms, size)  # (A, S, K)
@@ -228,22 +238,37 @@ def _polar_coefficients(xp, sinograms, factors, size, dtype):
     return xp.ascontiguousarray(spectrum.transpose(1, 0, 2)).reshape(sinograms.shape[1], -1).astype(dtype)
 
 
-def _finufft_type1(points_z, points_x, n_x, eps, xp):
-    """CPU type-1 NUFFT: finufft plans (one per chunk size) sharing the points; complex128."""
+#: finufft plans with their points set, reused across calls and chunks of the same geometry
+#: (plan creation + setpts cost about as much as one 512^2 slice's transform); a few kept
+_PLANS: dict = {}
+_MAX_PLANS = 4
+
+
+def _finufft_type1(points_z, points_x, n_x, eps, xp, key=None):
+    """CPU type-1 NUFFT: finufft plans (one per chunk size) sharing the points; complex128.
+    ``key`` names the geometry the points come from: plans are then cached across calls."""
     plans = {}
 
     def run(coeffs):
         count = coeffs.shape[0]
-        if count not in plans:
-            plans[count] = finufft.Plan(1, (n_x, n_x), n_trans=count, eps=eps, isign=1, dtype=np.complex128,
-                                        nthreads=_cores())
-            plans[count].setpts(points_z, points_x)
-        return plans[count].execute(coeffs)
+        full = None if key is None else (key, count, n_x, eps, _cores())
+        plan = plans.get(count) if full is None else _PLANS.get(full)
+        if plan is None:
+            plan = finufft.Plan(1, (n_x, n_x), n_trans=count, eps=eps, isign=1, dtype=np.complex128,
+                                nthreads=_cores())
+            plan.setpts(points_z, points_x)
+            if full is None:
+                plans[count] = plan
+            else:
+                while len(_PLANS) >= _MAX_PLANS:
+                    _PLANS.pop(next(iter(_PLANS)))
+                _PLANS[full] = plan
+        return plan.execute(coeffs)
 
     return run, np.complex128
 
 
-def _gridding_type1(points_z, points_x, n_x, eps, xp):
+def _gridding_type1(points_z, points_x, n_x, eps, xp, key=None):
     """Type-1 NUFFT by the gridding kernel (GPU kernel on CuPy, its Numba twin on NumPy); complex64."""
     return gridding.Spreader(points_z, points_x, n_x, eps, xp).type1, xp.complex64
 
@@ -267,7 +292,8 @@ def gridrec(projections, angles_deg, center=None, filter="ram-lak", padding=True
     n_angles, n_rows, n_cols = projections.shape
     size = padded_length(n_cols, padding)
     n_freq = size // 2 + 1
-    points_z, points_x, phase = polar_samples(angles, n_cols, n_x, center, padding)
+    points_z, points_x, phase = _polar_cached(np.asarray(angles, np.float64).tobytes(), n_cols, n_x, float(center),
+                                              bool(padding))
     # rfft bins 1..L/2-1 stand for +-nu (Hermitian pair): weight 2, then keep the real part
     pair = np.full(n_freq, 2.0)
     pair[0] = 1.0
@@ -280,8 +306,11 @@ def gridrec(projections, angles_deg, center=None, filter="ram-lak", padding=True
     out = xp.empty((n_rows, n_x, n_x), xp.float32)
     per_row = n_angles * (n_cols * 8 + n_freq * 48) + n_x * n_x * 96
 
-    make = _finufft_type1 if xp is np else _gridding_type1
-    type1, dtype = make(points_z, points_x, n_x, eps, xp)
+    if xp is np:
+        key = (np.asarray(angles, np.float64).tobytes(), n_cols, float(center), bool(padding))
+        type1, dtype = _finufft_type1(points_z, points_x, n_x, eps, xp, key=key)
+    else:
+        type1, dtype = _gridding_type1(points_z, points_x, n_x, eps, xp)
     real = xp.float64 if dtype == xp.complex128 else xp.float32
     factors = xp.asarray(factors, dtype=dtype)
 

@@ -19,7 +19,7 @@ from .virtual import array_module, as_cube, detector_box
 def probe_template(cube_or_image, region="auto", *, fraction: float = 0.05, backend: str | None = None):
     """Probe image for disk detection: the mean vacuum pattern, centred and normalised.
 
-    cube_or_image : DataCube / 4D scan, or a (ky, kx) probe image
+    cube_or_image : DataCube / 4D scan, a (ky, kx) probe image or a stack (n, ky, kx) of vacuum patterns
     region : "auto" (the ``fraction`` of positions that scatter least, i.e. with the lowest
         ratio of intensity outside to inside the central disk), or ``(y0, y1, x0, x1)`` scan
         rows/columns of a vacuum region (ignored for an image)
@@ -29,9 +29,9 @@ def probe_template(cube_or_image, region="auto", *, fraction: float = 0.05, back
     Returns (ky, kx) float64, positive, summing to 1: the form ``find_bragg_disks`` takes (its
     correlation step normalises the kernel itself). On the device of the data or of ``backend``.
     """
-    if np.ndim(cube_or_image) == 2:
+    if np.ndim(cube_or_image) in (2, 3):  # a probe image, or a stack (n, ky, kx) of vacuum patterns
         xp = _backend.xp_of(cube_or_image)
-        frames = xp.asarray(cube_or_image, dtype=xp.float64)[None]
+        frames = xp.asarray(cube_or_image, dtype=xp.float64).reshape(-1, *cube_or_image.shape[-2:])
     else:
         cube = as_cube(cube_or_image)
         xp = array_module(cube, backend)
@@ -66,22 +66,43 @@ def _measure_origin(cube, xp):
     mean = xp.zeros((ky, kx), xp.float64)
     for _, chunk in cube.iter_rows(budget, xp):
         mean += chunk.sum((0, 1), dtype=xp.float64)
-    (c0,), radius = _disk_centres(mean[None], xp, with_radius=True)
-    # both windows lie inside the box c0 +- (3 radius + 6): only that crop of each pattern is read
-    half = int(np.ceil(3.0 * radius + 7.0))
-    lo = np.floor(_backend.to_host(c0)) - half
-    (ys, xs), iy, ix = detector_box(lo, lo + 2 * half + 2, (ky, kx), xp)
+    c0, radius = central_disk(mean, xp)
+    box = origin_box(c0, radius, (ky, kx), xp)
     out = xp.empty((sy, sx, 2), xp.float64)
     for sl, chunk in cube.iter_rows(budget // 8, xp):  # ~8 float64 temporaries per pattern
-        frames = chunk.reshape(-1, ky, kx)[:, ys, xs]
-        centre = xp.broadcast_to(c0, (frames.shape[0], 2))
-        for window in (2.0 * radius + 4.0, radius + 2.0):
-            centre = _thresholded_centroid(frames, centre, window, radius, iy, ix, xp)
-        out[sl] = centre.reshape(sl.stop - sl.start, sx, 2)
+        out[sl] = disk_centroids(chunk, c0, radius, box, xp)
     if not bool(xp.isfinite(out).all()):
         raise CalibrationError("no central disk found in some patterns (empty or saturated); "
                                "pass a com_map or a mask to fit_origin")
     return out, radius
+
+
+def central_disk(mean_pattern, xp=np):
+    """Centre ``(2,)`` and radius (px) of the central disk of the scan's mean (or summed) pattern:
+    its brightest disk, radius from its half-maximum area."""
+    (c0,), radius = _disk_centres(xp.asarray(mean_pattern, dtype=xp.float64)[None], xp, with_radius=True)
+    return c0, radius
+
+
+def origin_box(c0, radius, detector_shape, xp=np):
+    """The detector crop that both centroid windows of ``disk_centroids`` lie in:
+    ``c0 +- (3 radius + 6)`` (``virtual.detector_box`` form)."""
+    half = int(np.ceil(3.0 * radius + 7.0))
+    lo = np.floor(_backend.to_host(c0)) - half
+    return detector_box(lo, lo + 2 * half + 2, detector_shape, xp)
+
+
+def disk_centroids(chunk, c0, radius, box, xp=np):
+    """Per-position centre of the central disk in a chunk of scan rows ``(rows, sx, ky, kx)``:
+    the thresholded centroid in a window of 2 radius + 4 px about ``c0``, refined once in a window of
+    radius + 2 px. Returns (rows, sx, 2) float64 detector pixels (NaN where no disk is found)."""
+    (ys, xs), iy, ix = box
+    rows, sx, ky, kx = chunk.shape
+    frames = chunk.reshape(-1, ky, kx)[:, ys, xs]
+    centre = xp.broadcast_to(xp.asarray(c0), (frames.shape[0], 2))
+    for window in (2.0 * radius + 4.0, radius + 2.0):
+        centre = _thresholded_centroid(frames, centre, window, radius, iy, ix, xp)
+    return centre.reshape(rows, sx, 2)
 
 
 def fit_origin(cube_or_origins, mask=None, *, clip_sigma: float = 3.0, iterations: int = 10,

@@ -155,27 +155,11 @@ def find_bragg_disks(
     if len(shape) != 4 or min(shape) < 1:
         raise InputError(f"find_bragg_disks needs a 4D scan (scan_y, scan_x, ky, kx), got shape {shape}")
     sy, sx, ky, kx = shape
-    if subpixel not in SUBPIXEL:
-        raise InputError(f"subpixel must be one of {sorted(SUBPIXEL)}, got {subpixel!r}")
-    if not 0.0 <= corr_power <= 1.0:
-        raise InputError(f"corr_power must be in [0, 1] (1 = cross-, 0 = phase correlation), got {corr_power}")
-    if not 1 <= max_peaks <= _kernel.MAX_PEAKS:
-        raise InputError(f"max_peaks must be in [1, {_kernel.MAX_PEAKS}], got {max_peaks}")
-    tmpl = _check_template(template, (ky, kx))
-    cy, cx, radius, width = disk_geometry(tmpl)
-    spacing = 2.0 * radius if min_spacing is None else float(min_spacing)
-    edge = max(1, int(math.ceil(radius)) if edge_boundary is None else int(edge_boundary))
-    if spacing < 0 or 2 * edge >= min(ky, kx):
-        raise InputError(f"min_spacing must be >= 0 and edge_boundary < half the detector, got "
-                         f"{spacing}, {edge} for a {ky}x{kx} detector")
-
     where = ("gpu" if _backend.is_gpu_array(data) else "cpu") if backend is None else _backend.resolve(backend)
-    xp = np
-    if where == "gpu":
-        import cupy as xp
-    kernel_ft = probe_kernel_ft(tmpl, (ky, kx), xp)
-    mode = SUBPIXEL[subpixel]
-    profile = _kernel.disk_profile(tmpl, cy, cx, radius, width) if mode == _kernel.EDGE else None
+    finder = DiskFinder(template, (ky, kx), corr_power=corr_power, min_spacing=min_spacing,
+                        min_abs_intensity=min_abs_intensity, min_rel_intensity=min_rel_intensity,
+                        edge_boundary=edge_boundary, max_peaks=max_peaks, subpixel=subpixel, backend=where)
+    xp = finder.xp
     budget = _backend.memory_budget(where) if budget_bytes is None else int(budget_bytes)
     row_bytes = sx * ky * kx * _BYTES_PER_PIXEL
     max_rows = max(1, _MAX_CHUNK_PATTERNS // sx)
@@ -183,27 +167,77 @@ def find_bragg_disks(
     def process(rows: slice):
         block = data[rows]
         block = xp.asarray(_backend.to_host(block) if xp is np else block, dtype=xp.float32)
-        frames = xp.ascontiguousarray(block.reshape(-1, ky, kx))
-        if not bool(xp.isfinite(frames).all()):
-            raise InputError(f"the scan contains NaN or Inf in scan rows {rows.start}:{rows.stop}")
-        corr = xp.ascontiguousarray(correlate(frames, kernel_ft, corr_power))
-        thr = xp.maximum(corr.reshape(corr.shape[0], -1).max(axis=1) * min_rel_intensity,
-                         min_abs_intensity).astype(xp.float32)
-        peaks, counts, n_cand = _kernel.disk_peaks(
-            corr, frames if mode == _kernel.EDGE else corr, thr, edge=edge, min_spacing=spacing,
-            max_peaks=max_peaks, mode=mode, radius=radius, width=width, profile=profile)
-        if int(n_cand.max()) > _kernel.MAX_CAND:
-            warnings.warn(f"more than {_kernel.MAX_CAND} candidate maxima in a pattern: some peaks may be "
-                          "missed; raise min_rel_intensity or min_abs_intensity", RuntimeWarning, stacklevel=3)
-        keep = xp.arange(max_peaks)[None, :] < counts[:, None]
-        return peaks[keep], counts
+        return finder.find(block.reshape(-1, ky, kx), rows)
 
     size = min(max_rows, chunks.chunk_size(row_bytes, budget, sy))
     parts = chunks.run_chunked(process, sy, row_bytes, size * row_bytes)
+    return peaks_from_parts(parts, (sy, sx))
+
+
+def peaks_from_parts(parts, scan_shape) -> BraggPeaks:
+    """BraggPeaks from ``DiskFinder.find`` results of consecutive chunks, in scan order."""
+    xp = _backend.xp_of(parts[0][0])
     flat = xp.concatenate([p[0] for p in parts])
     counts = xp.concatenate([p[1] for p in parts]).astype(xp.int64)
     offsets = xp.concatenate([xp.zeros(1, xp.int64), xp.cumsum(counts)])
-    return BraggPeaks(flat[:, 0].copy(), flat[:, 1].copy(), flat[:, 2].copy(), offsets, (sy, sx))
+    return BraggPeaks(flat[:, 0].copy(), flat[:, 1].copy(), flat[:, 2].copy(), offsets, tuple(scan_shape))
+
+
+class DiskFinder:
+    """The per-chunk work of ``find_bragg_disks`` with its settings fixed (same arguments):
+    ``find(frames) -> (peaks (n_found, 3) [qy, qx, intensity], counts (n_frames,))`` for a
+    chunk of patterns ``(n, ky, kx)`` on ``backend``; what a pass over the scan calls per chunk."""
+
+    def __init__(self, template, detector_shape, *, corr_power=1.0, min_spacing=None, min_abs_intensity=0.0,
+                 min_rel_intensity=0.005, edge_boundary=None, max_peaks=70, subpixel="edge", backend="cpu"):
+        ky, kx = detector_shape
+        if subpixel not in SUBPIXEL:
+            raise InputError(f"subpixel must be one of {sorted(SUBPIXEL)}, got {subpixel!r}")
+        if not 0.0 <= corr_power <= 1.0:
+            raise InputError(f"corr_power must be in [0, 1] (1 = cross-, 0 = phase correlation), got {corr_power}")
+        if not 1 <= max_peaks <= _kernel.MAX_PEAKS:
+            raise InputError(f"max_peaks must be in [1, {_kernel.MAX_PEAKS}], got {max_peaks}")
+        tmpl = _check_template(template, (ky, kx))
+        cy, cx, radius, width = disk_geometry(tmpl)
+        self.spacing = 2.0 * radius if min_spacing is None else float(min_spacing)
+        self.edge = max(1, int(math.ceil(radius)) if edge_boundary is None else int(edge_boundary))
+        if self.spacing < 0 or 2 * self.edge >= min(ky, kx):
+            raise InputError(f"min_spacing must be >= 0 and edge_boundary < half the detector, got "
+                             f"{self.spacing}, {self.edge} for a {ky}x{kx} detector")
+        self.backend = backend
+        self.kernel_ft = probe_kernel_ft(tmpl, (ky, kx), self.xp)
+        self.mode = SUBPIXEL[subpixel]
+        self.profile = _kernel.disk_profile(tmpl, cy, cx, radius, width) if self.mode == _kernel.EDGE else None
+        self.radius, self.width = radius, width
+        self.corr_power, self.max_peaks = corr_power, max_peaks
+        self.min_abs, self.min_rel = min_abs_intensity, min_rel_intensity
+
+    @property
+    def xp(self):
+        if self.backend == "gpu":
+            import cupy
+
+            return cupy
+        return np
+
+    def find(self, frames, rows: slice | None = None):
+        xp = self.xp
+        frames = xp.ascontiguousarray(xp.asarray(frames, dtype=xp.float32))
+        if not bool(xp.isfinite(frames).all()):
+            where = f" in scan rows {rows.start}:{rows.stop}" if rows is not None else ""
+            raise InputError(f"the scan contains NaN or Inf{where}")
+        corr = xp.ascontiguousarray(correlate(frames, self.kernel_ft, self.corr_power))
+        thr = xp.maximum(corr.reshape(corr.shape[0], -1).max(axis=1) * self.min_rel,
+                         self.min_abs).astype(xp.float32)
+        edge_mode = self.mode == _kernel.EDGE
+        peaks, counts, n_cand = _kernel.disk_peaks(
+            corr, frames if edge_mode else corr, thr, edge=self.edge, min_spacing=self.spacing,
+            max_peaks=self.max_peaks, mode=self.mode, radius=self.radius, width=self.width, profile=self.profile)
+        if int(n_cand.max()) > _kernel.MAX_CAND:
+            warnings.warn(f"more than {_kernel.MAX_CAND} candidate maxima in a pattern: some peaks may be "
+                          "missed; raise min_rel_intensity or min_abs_intensity", RuntimeWarning, stacklevel=3)
+        keep = xp.arange(self.max_peaks)[None, :] < counts[:, None]
+        return peaks[keep], counts
 
 
 def _check_template(template, detector_shape):

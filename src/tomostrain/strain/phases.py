@@ -84,29 +84,45 @@ def resolve_phases(phases) -> dict[str, Phase]:
 def radial_profiles(cube, origin, ellipse=None, *, r_min: float, r_max: float, backend: str | None = None):
     """Radial intensity profiles (sy, sx, nbins) in 1-pixel bins from ``r_min`` to ``r_max``
     about a per-position origin, after ellipse correction; one vectorised bincount per chunk."""
-    from .calibrate import correct_ellipse
-
     cube = as_cube(cube)
     xp = array_module(cube, backend)
     sy, sx = cube.scan_shape
-    ky, kx = cube.detector_shape
     nbins = int(math.ceil(r_max - r_min))
     o = _origin_field(origin, (sy, sx), xp)
-    iy, ix = xp.indices((ky, kx), dtype=xp.float32)
     out = xp.empty((sy, sx, nbins), xp.float64)
     for sl, chunk in cube.iter_rows(_backend.memory_budget("cpu" if xp is np else "gpu") // 4, xp):
-        n = (sl.stop - sl.start) * sx
-        oy = o[sl, :, 0].reshape(n, 1, 1).astype(xp.float32)
-        ox = o[sl, :, 1].reshape(n, 1, 1).astype(xp.float32)
-        dy, dx = iy - oy, ix - ox
-        if ellipse is not None:
-            dy, dx = correct_ellipse(dy, dx, *ellipse)
-        b = xp.floor(xp.hypot(dy, dx) - r_min).astype(xp.int64)
-        b = xp.where((b >= 0) & (b < nbins), b, nbins)          # overflow bin, dropped
-        b += (xp.arange(n) * (nbins + 1))[:, None, None]
-        hist = _backend.bincount(b.ravel(), weights=chunk.reshape(-1).astype(xp.float64), minlength=n * (nbins + 1))
-        out[sl] = hist.reshape(sl.stop - sl.start, sx, nbins + 1)[..., :nbins]
+        out[sl] = profile_rows(chunk, o[sl], ellipse, r_min, nbins, xp)
     return out
+
+
+def profile_rows(chunk, origin_rows, ellipse, r_min: float, nbins: int, xp=np):
+    """``radial_profiles`` of a chunk of scan rows ``(rows, sx, ky, kx)`` with its origins
+    ``(rows, sx, 2)``: (rows, sx, nbins) float64, 1-pixel bins from ``r_min``."""
+    from .calibrate import correct_ellipse
+
+    rows, sx, ky, kx = chunk.shape
+    n = rows * sx
+    iy, ix = xp.indices((ky, kx), dtype=xp.float32)
+    oy = origin_rows[:, :, 0].reshape(n, 1, 1).astype(xp.float32)
+    ox = origin_rows[:, :, 1].reshape(n, 1, 1).astype(xp.float32)
+    dy, dx = iy - oy, ix - ox
+    if ellipse is not None:
+        dy, dx = correct_ellipse(dy, dx, *ellipse)
+    b = xp.floor(xp.hypot(dy, dx) - r_min).astype(xp.int64)
+    b = xp.where((b >= 0) & (b < nbins), b, nbins)          # overflow bin, dropped
+    b += (xp.arange(n) * (nbins + 1))[:, None, None]
+    hist = _backend.bincount(b.ravel(), weights=chunk.reshape(-1).astype(xp.float64), minlength=n * (nbins + 1))
+    return hist.reshape(rows, sx, nbins + 1)[..., :nbins]
+
+
+def profile_range(detector_shape, radius: float) -> tuple[float, float]:
+    """``(r_min, r_max)`` of the radial profiles phase_map compares: from just outside the
+    central disk of ``radius`` px to the detector's inscribed circle."""
+    ky, kx = detector_shape
+    r_max, r_min = min(ky, kx) / 2.0 - 1.0, radius + 2.0
+    if r_max - r_min < 2 * radius:
+        raise InputError(f"detector {tuple(detector_shape)} leaves no room for Bragg disks of radius {radius:.1f} px")
+    return r_min, r_max
 
 
 def phase_map(
@@ -141,6 +157,17 @@ def phase_map(
         prof, scattered, radius, r_min, r_max, scan_shape, xp = _from_peaks(cube, origin, ellipse, disk_radius)
     else:
         prof, scattered, radius, r_min, r_max, scan_shape, xp = _from_cube(cube, origin, ellipse, disk_radius, backend)
+    return classify_profiles(prof, scattered, table, q_pixel_size, radius, r_min, r_max, zone=zone,
+                             vacuum_threshold=vacuum_threshold)
+
+
+def classify_profiles(prof, scattered, phases, q_pixel_size: float, radius: float, r_min: float, r_max: float,
+                      *, zone=(0, 0, 1), vacuum_threshold: float = 0.03) -> PhaseMap:
+    """``phase_map`` from radial profiles ``(sy, sx, nbins)`` (1-px bins from ``r_min``) and the
+    scattered fraction ``(sy, sx)`` (profile sum over total intensity) already measured."""
+    table = resolve_phases(phases)
+    xp = _backend.xp_of(prof)
+    scan_shape = prof.shape[:2]
     centres = r_min + 0.5 + np.arange(prof.shape[-1])
     models = []
     for name, phase in table.items():
@@ -179,10 +206,7 @@ def _from_cube(cube, origin, ellipse, disk_radius, backend):
         radius = _disk_centres(mean[None], xp, with_radius=True)[1]
     radius = radius if disk_radius is None else float(disk_radius)
     ellipse = ellipse if ellipse is not None else cube.ellipse
-    ky, kx = cube.detector_shape
-    r_max, r_min = min(ky, kx) / 2.0 - 1.0, radius + 2.0
-    if r_max - r_min < 2 * radius:
-        raise InputError(f"detector {cube.detector_shape} leaves no room for Bragg disks of radius {radius:.1f} px")
+    r_min, r_max = profile_range(cube.detector_shape, radius)
     prof = radial_profiles(cube, origin, ellipse, r_min=r_min, r_max=r_max, backend=where)
     total = total_intensity(cube, backend=where)
     scattered = prof.sum(-1) / xp.where(total > 0, total, 1.0)

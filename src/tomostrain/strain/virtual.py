@@ -151,20 +151,31 @@ def _annular(cube, inner, outer, origin, backend):
         return _reduce(cube, mask, xp, moments=False)[0][..., 0]
     annular_masks(cube.detector_shape, [(inner, outer)])  # validates the edges
     field = _origin_field(o, cube.scan_shape, xp)
-    ky, kx = cube.detector_shape
-    # only the detector box that some position's annulus reaches is read
-    lo = np.floor(_backend.to_host(field.reshape(-1, 2).min(0)) - outer)
-    hi = np.ceil(_backend.to_host(field.reshape(-1, 2).max(0)) + outer) + 1
-    (ys, xs), iy, ix = detector_box(lo, hi, cube.detector_shape, xp)
+    box = annulus_box(field, outer, cube.detector_shape, xp)
     out = xp.empty(cube.scan_shape, xp.float64)
     for sl, chunk in cube.iter_rows(_budget(xp), xp):
-        oy = field[sl, :, 0, None, None].astype(xp.float32)
-        ox = field[sl, :, 1, None, None].astype(xp.float32)
-        r2 = (iy - oy) ** 2 + (ix - ox) ** 2
-        inside = (r2 >= inner * inner) & (r2 < outer * outer)
-        out[sl] = xp.where(inside, chunk[:, :, ys, xs], 0.0).sum((2, 3), dtype=xp.float64)
+        out[sl] = annular_sums(chunk, field[sl], inner, outer, box, xp)
     _check_finite(out, "virtual image")
     return out
+
+
+def annulus_box(field, outer: float, detector_shape, xp=np):
+    """The detector box (``detector_box`` form) that some position's annulus of radius ``outer``
+    about the origin field ``(sy, sx, 2)`` reaches: only that crop of each pattern is read."""
+    lo = np.floor(_backend.to_host(field.reshape(-1, 2).min(0)) - outer)
+    hi = np.ceil(_backend.to_host(field.reshape(-1, 2).max(0)) + outer) + 1
+    return detector_box(lo, hi, detector_shape, xp)
+
+
+def annular_sums(chunk, field_rows, inner: float, outer: float, box, xp=np):
+    """Intensity in ``inner <= r < outer`` px about each position's own origin, for a chunk of scan
+    rows ``(rows, sx, ky, kx)`` with its origins ``(rows, sx, 2)``: (rows, sx) float64."""
+    (ys, xs), iy, ix = box
+    oy = field_rows[:, :, 0, None, None].astype(xp.float32)
+    ox = field_rows[:, :, 1, None, None].astype(xp.float32)
+    r2 = (iy - oy) ** 2 + (ix - ox) ** 2
+    inside = (r2 >= inner * inner) & (r2 < outer * outer)
+    return xp.where(inside, chunk[:, :, ys, xs], 0.0).sum((2, 3), dtype=xp.float64)
 
 
 def _reduce(cube: DataCube, masks, xp, moments: bool = True):
