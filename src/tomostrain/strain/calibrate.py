@@ -42,7 +42,7 @@ def probe_template(cube_or_image, region="auto", *, fraction: float = 0.05, back
     centres = _disk_centres(frames, xp)
     shifted = _fourier_shift(frames, xp.asarray([ky // 2, kx // 2], dtype=xp.float64) - centres, xp)
     probe = xp.clip(shifted.mean(0), 0.0, None)
-    return probe / probe.sum()
+    return _central_disk_only(probe / probe.sum(), xp)
 
 
 def measure_origin(cube, *, backend: str | None = None):
@@ -224,6 +224,57 @@ def _vacuum_patterns(cube, region, fraction, xp):
         raise CalibrationError(f"probe region {region} is outside the scan {(sy, sx)} or empty")
     block = cube.rows(y0, y1, xp)[:, x0:x1]
     return block.reshape(-1, *cube.detector_shape).astype(xp.float64)
+
+
+def _edge_radius(image, centre):
+    """Radius (px) of the steepest fall of ``image``'s radial profile (1-px rings) about ``centre``:
+    the edge of a disk, also of a disk that sits on a halo or a diffuse background, where a
+    half-maximum radius measures the halo instead."""
+    img = np.asarray(_backend.to_host(image), np.float64)
+    iy, ix = np.indices(img.shape)
+    ring = np.rint(np.hypot(iy - centre[0], ix - centre[1])).astype(np.int64)
+    n_r = int(min(img.shape) // 2)
+    count = np.bincount(ring.ravel(), minlength=n_r + 1)[: n_r + 1]
+    prof = np.bincount(ring.ravel(), weights=img.ravel(), minlength=n_r + 1)[: n_r + 1] / np.maximum(count, 1)
+    fall = prof[:-1] - prof[1:]                       # fall from ring r to ring r + 1
+    # the first fall that reaches half of the largest one (not a farther Bragg spot's edge)
+    j = int(np.nonzero(fall >= 0.5 * fall.max())[0][0])
+    while j + 1 < len(fall) and fall[j + 1] > fall[j]:
+        j += 1
+    if 0 < j < len(fall) - 1:                         # parabolic vertex between rings
+        a, b, c = fall[j - 1], fall[j], fall[j + 1]
+        den = a - 2 * b + c
+        j = j + (0.5 * (a - c) / den if den < 0 else 0.0)
+    return float(j + 0.5)
+
+
+def _central_disk_only(probe, xp, dark: float = 0.02):
+    """The central disk of a probe image (centred at ``(ky // 2, kx // 2)``, summing to 1), with
+    what surrounds it removed when that is not dark.
+
+    Where no position of a scan is vacuum, the least-scattering patterns still carry Bragg spots, a
+    diffuse background and the halo of the direct beam; correlating with that blurs every peak into
+    one. When the median level of the ring 3-6 px outside the disk's edge (``_edge_radius``)
+    exceeds ``dark`` times the disk's level, that level is subtracted and everything beyond the
+    ring's inner edge is zeroed. A vacuum probe (dark around its disk) is returned unchanged.
+    """
+    ky, kx = probe.shape
+    c = (ky // 2, kx // 2)
+    host = np.asarray(_backend.to_host(probe), np.float64)
+    radius = _edge_radius(host, c)
+    iy, ix = np.indices(host.shape)
+    r = np.hypot(iy - c[0], ix - c[1])
+    inside = r < max(radius - 1.0, 1.0)
+    ring = (r >= radius + 3.0) & (r < radius + 6.0)
+    if not inside.any() or not ring.any():
+        return probe
+    level, outside = float(host[inside].mean()), float(np.median(host[ring]))
+    if not outside > dark * level:
+        return probe
+    cut = np.where(r < radius + 3.0, np.clip(host - outside, 0.0, None), 0.0)
+    if not cut.sum() > 0:
+        return probe
+    return xp.asarray(cut / cut.sum())
 
 
 def _disk_centres(frames, xp, with_radius=False):
