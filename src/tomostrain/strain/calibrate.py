@@ -93,6 +93,9 @@ def fit_origin(cube_or_origins, mask=None, *, clip_sigma: float = 3.0, iteration
         origin map (sy, sx, 2) (e.g. a centre-of-mass map)
     mask : (sy, sx) bool, positions allowed in the fit (e.g. vacuum/thin regions); default all
     clip_sigma : positions farther than this many robust sigmas (1.4826 MAD) are rejected
+
+    With fewer than 3 usable positions (a single frame, a 1x2 scan) the plane is not determined:
+    the origin is then their (clipped) mean, the same at every position.
     """
     if np.ndim(cube_or_origins) == 3:
         measured = cube_or_origins
@@ -110,10 +113,12 @@ def fit_origin(cube_or_origins, mask=None, *, clip_sigma: float = 3.0, iteration
         if mk.shape != (sy, sx):
             raise InputError(f"mask must be (scan_y, scan_x) = {(sy, sx)}, got {mk.shape}")
         use &= mk
-    if use.sum() < 3:
-        raise CalibrationError(f"fit_origin needs at least 3 usable positions, got {int(use.sum())}")
+    if use.sum() < 1:
+        raise CalibrationError("fit_origin found no usable position (no central disk measured)")
     yy, xx = np.indices((sy, sx), dtype=np.float64)
     design = np.stack([np.ones(sy * sx), yy.ravel(), xx.ravel()], 1)
+    if use.sum() < 3:                      # 1 or 2 positions (tiny scans): one common origin
+        design = design[:, :1]
     target = m.reshape(-1, 2)
     keep = use.ravel()
     for _ in range(iterations):
@@ -165,6 +170,30 @@ def fit_ellipse(points, rings=None):
     angle = float(np.degrees(np.arctan2(uy, ux)))
     angle = (angle + 90.0) % 180.0 - 90.0
     return ratio, (90.0 if angle == -90.0 else angle)
+
+
+def square_lattice_ellipse(g1, g2, *, tol: float = 0.08):
+    """Elliptical distortion from fitted lattice vectors ``g1, g2`` (n, 2) detector pixels that
+    should be a square net (a cubic [001] zone: {200} = g1, g2 and {220} = g1 ± g2), or None.
+
+    None when that premise does not hold on the data: the median ``|g1| / |g2|`` differs from 1,
+    or the median angle between them from 90°, by more than ``tol`` (relative; as radians), or
+    too few vectors for the 5 spots ``fit_ellipse`` needs. A
+    rectangular or oblique zone (or another phase) then gets no ellipse instead of one that
+    squeezes it square.
+    """
+    u = np.asarray(_backend.to_host(g1), np.float64).reshape(-1, 2)
+    v = np.asarray(_backend.to_host(g2), np.float64).reshape(-1, 2)
+    ok = np.isfinite(u).all(1) & np.isfinite(v).all(1)
+    u, v = u[ok], v[ok]
+    if 4 * len(u) < 5:
+        return None
+    lu, lv = np.hypot(*u.T), np.hypot(*v.T)
+    angle = np.arccos(np.clip((u * v).sum(1) / (lu * lv), -1.0, 1.0))
+    if abs(np.median(lu / lv) - 1.0) > tol or abs(np.median(angle) - np.pi / 2) > tol:
+        return None
+    pts = np.concatenate([u, v, u + v, u - v])
+    return fit_ellipse(pts, np.repeat([0, 0, 1, 1], len(u)))
 
 
 def correct_ellipse(qy, qx, ratio: float, angle_deg: float):
@@ -285,6 +314,7 @@ def _disk_centres(frames, xp, with_radius=False):
     smooth = _box3(frames, xp)
     peak = smooth.reshape(n, -1).max(1)
     above = smooth > 0.5 * peak[:, None, None]
+    _check_not_flooded(above[0], peak[0])
     radius = float(np.sqrt(float(above[0].sum()) / np.pi))
     arg = smooth.reshape(n, -1).argmax(1)
     start = xp.stack([arg // kx, arg % kx], 1).astype(xp.float64)
@@ -295,6 +325,16 @@ def _disk_centres(frames, xp, with_radius=False):
         above0 = above[0] & ((iy - float(centre[0, 0])) ** 2 + (ix - float(centre[0, 1])) ** 2 < (2 * radius + 3) ** 2)
         return centre, float(np.sqrt(float(above0.sum()) / np.pi))
     return centre
+
+
+def _check_not_flooded(bright, peak):
+    """A clear error where the bright region (above half the smoothed maximum) covers most of the
+    detector: saturated or flooded frames, where no central disk (and no Bragg disk) is seen."""
+    share = float(bright.sum()) / bright.size
+    if share > 0.5:
+        raise CalibrationError(
+            f"no central disk: {100 * share:.0f} % of the detector is above half the maximum ({float(peak):.4g}), "
+            "as in saturated or flooded frames; the probe radius and Bragg disks cannot be measured")
 
 
 def _thresholded_centroid(frames, centre, window, radius, iy, ix, xp):
