@@ -285,7 +285,9 @@ def _central_disk_only(probe, xp, dark: float = 0.02):
     diffuse background and the halo of the direct beam; correlating with that blurs every peak into
     one. When the median level of the ring 3-6 px outside the disk's edge (``_edge_radius``)
     exceeds ``dark`` times the disk's level, that level is subtracted and everything beyond the
-    ring's inner edge is zeroed. A vacuum probe (dark around its disk) is returned unchanged.
+    ring's inner edge is zeroed; when the ring is dark but more than 1 % of the template lies
+    beyond it (Bragg spots of patterns that all scatter), everything beyond it is zeroed. A vacuum
+    probe (dark around its disk) is returned unchanged.
     """
     ky, kx = probe.shape
     c = (ky // 2, kx // 2)
@@ -298,9 +300,12 @@ def _central_disk_only(probe, xp, dark: float = 0.02):
     if not inside.any() or not ring.any():
         return probe
     level, outside = float(host[inside].mean()), float(np.median(host[ring]))
-    if not outside > dark * level:
+    if outside > dark * level:
+        cut = np.where(r < radius + 3.0, np.clip(host - outside, 0.0, None), 0.0)
+    elif host[r >= radius + 6.0].sum() > 0.01 * host.sum():     # dark around, Bragg spots farther
+        cut = np.where(r < radius + 6.0, host, 0.0)
+    else:
         return probe
-    cut = np.where(r < radius + 3.0, np.clip(host - outside, 0.0, None), 0.0)
     if not cut.sum() > 0:
         return probe
     return xp.asarray(cut / cut.sum())

@@ -172,10 +172,11 @@ def choose_lattice_vectors(peaks: BraggPeaks, origin=None, *, mask=None, shape=N
     From the Bragg vector map of the positions in ``mask`` (all by default): its maxima other than
     the central beam that reach 10 % of the strongest are the candidate spots (the strongest 24).
     Every pair of them at least ``min_angle_deg`` apart is a trial basis; the lattice kept is the
-    one whose integer combinations index (within 0.15 in each index) the most spot strength, and
-    among those indexing at least 95 % of that, the coarsest (largest cell: a finer lattice built on
-    a spurious spot indexes the same spots). So a noise peak, a beam-stop edge or a weak extra spot
-    near the centre is not taken as g1 because it is short. The basis is then reduced: g1 is the
+    one with the highest score: the spot strength its integer combinations index (within 0.15 in
+    each index) times the share of its sites within the candidates' radius that hold a candidate
+    (a finer lattice built on a spurious spot indexes the same spots but leaves most sites empty; a
+    coarser one indexes less). So a noise peak, a beam-stop edge or a weak extra spot near the
+    centre is not taken as g1 because it is short. The basis is then reduced: g1 is the
     shortest lattice vector, g2 the shortest not parallel to it, on the side where
     ``g1_y g2_x - g1_x g2_y > 0``. Both are refined by one least-squares fit over all the indexed
     peaks of those positions.
@@ -246,9 +247,12 @@ def _best_basis(vec, strength, min_angle_deg, tol=0.15):
     hf = (vec[None, :, 0] * vec[j, 1, None] - vec[None, :, 1] * vec[j, 0, None]) / det[:, None]
     kf = (vec[i, 0, None] * vec[None, :, 1] - vec[i, 1, None] * vec[None, :, 0]) / det[:, None]
     hit = (np.abs(hf - np.rint(hf)) <= tol) & (np.abs(kf - np.rint(kf)) <= tol)
-    score = (hit * strength[None, :]).sum(1)
-    good = score >= 0.95 * score.max()
-    best = np.flatnonzero(good)[np.argmax(np.abs(det[good]))]
+    # indexed strength times the share of the trial lattice's sites (about pi R^2 / cell area
+    # inside the candidates' radius R) that hold a candidate: a finer lattice built on a spurious
+    # spot indexes as much but leaves most of its sites empty; a coarser one indexes less
+    sites = np.pi * length.max() ** 2 / np.abs(det)
+    score = (hit * strength[None, :]).sum(1) * np.minimum(1.0, hit.sum(1) / sites)
+    best = int(np.argmax(score))
     a, b = vec[i[best]].copy(), vec[j[best]].copy()
     for _ in range(100):                              # Lagrange-Gauss reduction
         if a @ a > b @ b:
