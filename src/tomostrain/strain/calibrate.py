@@ -319,7 +319,7 @@ def _disk_centres(frames, xp, with_radius=False):
     smooth = _box3(frames, xp)
     peak = smooth.reshape(n, -1).max(1)
     above = smooth > 0.5 * peak[:, None, None]
-    _check_not_flooded(above[0], peak[0])
+    _check_not_flooded(above[0])
     radius = float(np.sqrt(float(above[0].sum()) / np.pi))
     arg = smooth.reshape(n, -1).argmax(1)
     start = xp.stack([arg // kx, arg % kx], 1).astype(xp.float64)
@@ -332,14 +332,14 @@ def _disk_centres(frames, xp, with_radius=False):
     return centre
 
 
-def _check_not_flooded(bright, peak):
+def _check_not_flooded(bright):
     """A clear error where the bright region (above half the smoothed maximum) covers most of the
     detector: saturated or flooded frames, where no central disk (and no Bragg disk) is seen."""
     share = float(bright.sum()) / bright.size
     if share > 0.5:
         raise CalibrationError(
-            f"no central disk: {100 * share:.0f} % of the detector is above half the maximum ({float(peak):.4g}), "
-            "as in saturated or flooded frames; the probe radius and Bragg disks cannot be measured")
+            f"no central disk: {100 * share:.0f} % of the detector is above half its maximum, as in saturated "
+            "or flooded frames; the probe radius and Bragg disks cannot be measured")
 
 
 def _thresholded_centroid(frames, centre, window, radius, iy, ix, xp):
