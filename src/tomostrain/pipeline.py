@@ -693,23 +693,15 @@ def _probe_template(cube, probe, backend):
 def _fit_ellipse(peaks, origin, g1, g2, region):
     """Elliptical distortion from the {g1, g2} and {g1 ± g2} spots of the region's positions.
 
-    Assumes g1 and g2 are symmetry-equivalent (a cubic [001] zone: {200} and {220} rings).
+    Assumes g1 and g2 are symmetry-equivalent (a cubic [001] zone: {200} and {220} rings); where
+    the fitted g1, g2 are not a square net (``calibrate.square_lattice_ellipse``), (1, 0).
     """
     from .strain import calibrate
     from .strain.lattice import fit_lattice
 
     fit = fit_lattice(peaks, origin, g1, g2)
-    u, v = be.to_host(fit.g1)[region], be.to_host(fit.g2)[region]
-    pts = np.concatenate([u, v, u + v, u - v])
-    rings = np.repeat([0, 0, 1, 1], len(u))
-    ok = np.isfinite(pts).all(1)
-    try:
-        return calibrate.fit_ellipse(pts[ok], rings[ok])
-    except CalibrationError:
-        raise CalibrationError(
-            f"cannot measure the elliptical distortion of the diffraction patterns: only {int(region.sum())} "
-            f"reference position(s) with indexed Bragg disks, too few for the fit; give --reference over a larger "
-            "crystalline region of the main phase") from None
+    ellipse = calibrate.square_lattice_ellipse(be.to_host(fit.g1)[region], be.to_host(fit.g2)[region])
+    return (1.0, 0.0) if ellipse is None else ellipse  # not a square net: no ellipse is measured
 
 
 def _check_disk(radius, detector_shape, source) -> None:

@@ -42,7 +42,7 @@ def probe_template(cube_or_image, region="auto", *, fraction: float = 0.05, back
     centres = _disk_centres(frames, xp)
     shifted = _fourier_shift(frames, xp.asarray([ky // 2, kx // 2], dtype=xp.float64) - centres, xp)
     probe = xp.clip(shifted.mean(0), 0.0, None)
-    return probe / probe.sum()
+    return _central_disk_only(probe / probe.sum(), xp)
 
 
 def measure_origin(cube, *, backend: str | None = None):
@@ -114,6 +114,9 @@ def fit_origin(cube_or_origins, mask=None, *, clip_sigma: float = 3.0, iteration
         origin map (sy, sx, 2) (e.g. a centre-of-mass map)
     mask : (sy, sx) bool, positions allowed in the fit (e.g. vacuum/thin regions); default all
     clip_sigma : positions farther than this many robust sigmas (1.4826 MAD) are rejected
+
+    With fewer than 3 usable positions (a single frame, a 1x2 scan) the plane is not determined:
+    the origin is then their (clipped) mean, the same at every position.
     """
     if np.ndim(cube_or_origins) == 3:
         measured = cube_or_origins
@@ -131,10 +134,12 @@ def fit_origin(cube_or_origins, mask=None, *, clip_sigma: float = 3.0, iteration
         if mk.shape != (sy, sx):
             raise InputError(f"mask must be (scan_y, scan_x) = {(sy, sx)}, got {mk.shape}")
         use &= mk
-    if use.sum() < 3:
-        raise CalibrationError(f"fit_origin needs at least 3 usable positions, got {int(use.sum())}")
+    if use.sum() < 1:
+        raise CalibrationError("fit_origin found no usable position (no central disk measured)")
     yy, xx = np.indices((sy, sx), dtype=np.float64)
     design = np.stack([np.ones(sy * sx), yy.ravel(), xx.ravel()], 1)
+    if use.sum() < 3:                      # 1 or 2 positions (tiny scans): one common origin
+        design = design[:, :1]
     target = m.reshape(-1, 2)
     keep = use.ravel()
     for _ in range(iterations):
@@ -186,6 +191,30 @@ def fit_ellipse(points, rings=None):
     angle = float(np.degrees(np.arctan2(uy, ux)))
     angle = (angle + 90.0) % 180.0 - 90.0
     return ratio, (90.0 if angle == -90.0 else angle)
+
+
+def square_lattice_ellipse(g1, g2, *, tol: float = 0.08):
+    """Elliptical distortion from fitted lattice vectors ``g1, g2`` (n, 2) detector pixels that
+    should be a square net (a cubic [001] zone: {200} = g1, g2 and {220} = g1 ± g2), or None.
+
+    None when that premise does not hold on the data: the median ``|g1| / |g2|`` differs from 1,
+    or the median angle between them from 90°, by more than ``tol`` (relative; as radians), or
+    too few vectors for the 5 spots ``fit_ellipse`` needs. A
+    rectangular or oblique zone (or another phase) then gets no ellipse instead of one that
+    squeezes it square.
+    """
+    u = np.asarray(_backend.to_host(g1), np.float64).reshape(-1, 2)
+    v = np.asarray(_backend.to_host(g2), np.float64).reshape(-1, 2)
+    ok = np.isfinite(u).all(1) & np.isfinite(v).all(1)
+    u, v = u[ok], v[ok]
+    if 4 * len(u) < 5:
+        return None
+    lu, lv = np.hypot(*u.T), np.hypot(*v.T)
+    angle = np.arccos(np.clip((u * v).sum(1) / (lu * lv), -1.0, 1.0))
+    if abs(np.median(lu / lv) - 1.0) > tol or abs(np.median(angle) - np.pi / 2) > tol:
+        return None
+    pts = np.concatenate([u, v, u + v, u - v])
+    return fit_ellipse(pts, np.repeat([0, 0, 1, 1], len(u)))
 
 
 def correct_ellipse(qy, qx, ratio: float, angle_deg: float):
@@ -247,6 +276,62 @@ def _vacuum_patterns(cube, region, fraction, xp):
     return block.reshape(-1, *cube.detector_shape).astype(xp.float64)
 
 
+def _edge_radius(image, centre):
+    """Radius (px) of the steepest fall of ``image``'s radial profile (1-px rings) about ``centre``:
+    the edge of a disk, also of a disk that sits on a halo or a diffuse background, where a
+    half-maximum radius measures the halo instead."""
+    img = np.asarray(_backend.to_host(image), np.float64)
+    iy, ix = np.indices(img.shape)
+    ring = np.rint(np.hypot(iy - centre[0], ix - centre[1])).astype(np.int64)
+    n_r = int(min(img.shape) // 2)
+    count = np.bincount(ring.ravel(), minlength=n_r + 1)[: n_r + 1]
+    prof = np.bincount(ring.ravel(), weights=img.ravel(), minlength=n_r + 1)[: n_r + 1] / np.maximum(count, 1)
+    fall = prof[:-1] - prof[1:]                       # fall from ring r to ring r + 1
+    # the first fall that reaches half of the largest one (not a farther Bragg spot's edge)
+    j = int(np.nonzero(fall >= 0.5 * fall.max())[0][0])
+    while j + 1 < len(fall) and fall[j + 1] > fall[j]:
+        j += 1
+    if 0 < j < len(fall) - 1:                         # parabolic vertex between rings
+        a, b, c = fall[j - 1], fall[j], fall[j + 1]
+        den = a - 2 * b + c
+        j = j + (0.5 * (a - c) / den if den < 0 else 0.0)
+    return float(j + 0.5)
+
+
+def _central_disk_only(probe, xp, dark: float = 0.02):
+    """The central disk of a probe image (centred at ``(ky // 2, kx // 2)``, summing to 1), with
+    what surrounds it removed when that is not dark.
+
+    Where no position of a scan is vacuum, the least-scattering patterns still carry Bragg spots, a
+    diffuse background and the halo of the direct beam; correlating with that blurs every peak into
+    one. When the median level of the ring 3-6 px outside the disk's edge (``_edge_radius``)
+    exceeds ``dark`` times the disk's level, that level is subtracted and everything beyond the
+    ring's inner edge is zeroed; when the ring is dark but more than 1 % of the template lies
+    beyond it (Bragg spots of patterns that all scatter), everything beyond it is zeroed. A vacuum
+    probe (dark around its disk) is returned unchanged.
+    """
+    ky, kx = probe.shape
+    c = (ky // 2, kx // 2)
+    host = np.asarray(_backend.to_host(probe), np.float64)
+    radius = _edge_radius(host, c)
+    iy, ix = np.indices(host.shape)
+    r = np.hypot(iy - c[0], ix - c[1])
+    inside = r < max(radius - 1.0, 1.0)
+    ring = (r >= radius + 3.0) & (r < radius + 6.0)
+    if not inside.any() or not ring.any():
+        return probe
+    level, outside = float(host[inside].mean()), float(np.median(host[ring]))
+    if outside > dark * level:
+        cut = np.where(r < radius + 3.0, np.clip(host - outside, 0.0, None), 0.0)
+    elif host[r >= radius + 6.0].sum() > 0.01 * host.sum():     # dark around, Bragg spots farther
+        cut = np.where(r < radius + 6.0, host, 0.0)
+    else:
+        return probe
+    if not cut.sum() > 0:
+        return probe
+    return xp.asarray(cut / cut.sum())
+
+
 def _disk_centres(frames, xp, with_radius=False):
     """Centre (n, 2) of the brightest disk of each frame: centroid of pixels above half of the
     frame's maximum after a 3x3 box smoothing, restricted to the connected blob of the maximum
@@ -255,6 +340,7 @@ def _disk_centres(frames, xp, with_radius=False):
     smooth = _box3(frames, xp)
     peak = smooth.reshape(n, -1).max(1)
     above = smooth > 0.5 * peak[:, None, None]
+    _check_not_flooded(above[0])
     radius = float(np.sqrt(float(above[0].sum()) / np.pi))
     arg = smooth.reshape(n, -1).argmax(1)
     start = xp.stack([arg // kx, arg % kx], 1).astype(xp.float64)
@@ -265,6 +351,16 @@ def _disk_centres(frames, xp, with_radius=False):
         above0 = above[0] & ((iy - float(centre[0, 0])) ** 2 + (ix - float(centre[0, 1])) ** 2 < (2 * radius + 3) ** 2)
         return centre, float(np.sqrt(float(above0.sum()) / np.pi))
     return centre
+
+
+def _check_not_flooded(bright):
+    """A clear error where the bright region (above half the smoothed maximum) covers most of the
+    detector: saturated or flooded frames, where no central disk (and no Bragg disk) is seen."""
+    share = float(bright.sum()) / bright.size
+    if share > 0.5:
+        raise CalibrationError(
+            f"no central disk: {100 * share:.0f} % of the detector is above half its maximum, as in saturated "
+            "or flooded frames; the probe radius and Bragg disks cannot be measured")
 
 
 def _thresholded_centroid(frames, centre, window, radius, iy, ix, xp):

@@ -34,7 +34,8 @@ class BraggPeaks:
 
     The peaks of flat position ``p = iy * scan_x + ix`` are ``qy[o[p]:o[p+1]]`` (and ``qx``,
     ``intensity``) with ``o = offsets``, strongest first. ``qy, qx`` are detector pixels (raw: not
-    origin-corrected, not ellipse-corrected); ``intensity`` is the correlation value at the peak.
+    origin-corrected, not ellipse-corrected); ``intensity`` is the correlation value at the peak
+    above its local background (``_above_local_background``).
     Arrays live on the device the detection ran on.
     """
 
@@ -227,6 +228,7 @@ class DiskFinder:
             where = f" in scan rows {rows.start}:{rows.stop}" if rows is not None else ""
             raise InputError(f"the scan contains NaN or Inf{where}")
         corr = xp.ascontiguousarray(correlate(frames, self.kernel_ft, self.corr_power))
+        corr = _above_local_background(corr, self.radius, xp)
         thr = xp.maximum(corr.reshape(corr.shape[0], -1).max(axis=1) * self.min_rel,
                          self.min_abs).astype(xp.float32)
         edge_mode = self.mode == _kernel.EDGE
@@ -238,6 +240,22 @@ class DiskFinder:
                           "missed; raise min_rel_intensity or min_abs_intensity", RuntimeWarning, stacklevel=3)
         keep = xp.arange(self.max_peaks)[None, :] < counts[:, None]
         return peaks[keep], counts
+
+
+def _above_local_background(corr, radius, xp):
+    """Correlation maps minus their local background: a grey opening (minimum then maximum filter)
+    with a square of side ``2 ceil(2 radius) + 1``, wider than a disk's correlation peak, so what
+    remains is each peak's height above the level around it (a white top-hat). A diffuse background
+    or the halo of the direct beam then neither hides a weak spot on its slope nor lifts noise
+    maxima to the level of real disks; on a dark background the maps are unchanged."""
+    if xp is np:
+        from scipy import ndimage
+    else:
+        from cupyx.scipy import ndimage
+    side = 2 * int(math.ceil(2.0 * radius)) + 1
+    size = (1, side, side)
+    opened = ndimage.maximum_filter(ndimage.minimum_filter(corr, size=size, mode="nearest"), size=size, mode="nearest")
+    return corr - opened
 
 
 def _check_template(template, detector_shape):

@@ -166,12 +166,20 @@ def bragg_vector_map(peaks: BraggPeaks, origin, *, shape, mask=None, weights="in
 
 
 def choose_lattice_vectors(peaks: BraggPeaks, origin=None, *, mask=None, shape=None, min_angle_deg: float = 20.0):
-    """The two shortest non-collinear strong lattice vectors ``(g1, g2)`` (pixels, (y, x)).
+    """The two shortest non-collinear lattice vectors ``(g1, g2)`` (pixels, (y, x)) of the lattice
+    that indexes the strong Bragg spots.
 
     From the Bragg vector map of the positions in ``mask`` (all by default): its maxima other than
-    the central beam that reach 10 % of the strongest; g1 is the shortest, g2 the shortest at
-    least ``min_angle_deg`` from the g1 line, on the side where ``g1_y g2_x - g1_x g2_y > 0``.
-    Both are then refined by one least-squares fit over all the indexed peaks of those positions.
+    the central beam that reach 10 % of the strongest are the candidate spots (the strongest 24).
+    Every pair of them at least ``min_angle_deg`` apart is a trial basis; the lattice kept is the
+    one with the highest score: the spot strength its integer combinations index (within 0.15 in
+    each index) times the share of its sites within the candidates' radius that hold a candidate
+    (a finer lattice built on a spurious spot indexes the same spots but leaves most sites empty; a
+    coarser one indexes less). So a noise peak, a beam-stop edge or a weak extra spot near the
+    centre is not taken as g1 because it is short. The basis is then reduced: g1 is the
+    shortest lattice vector, g2 the shortest not parallel to it, on the side where
+    ``g1_y g2_x - g1_x g2_y > 0``. Both are refined by one least-squares fit over all the indexed
+    peaks of those positions.
     """
     from scipy import ndimage
 
@@ -186,21 +194,21 @@ def choose_lattice_vectors(peaks: BraggPeaks, origin=None, *, mask=None, shape=N
     peak_mask = (smooth == ndimage.maximum_filter(smooth, size=5)) & (smooth > 0)
     cy, cx = shape[0] // 2, shape[1] // 2
     ys, xs = np.nonzero(peak_mask)
-    vec = np.stack([ys - cy, xs - cx], 1).astype(np.float64)
     strength = smooth[ys, xs]
+    # sub-pixel: centroid of the 3x3 neighbourhood of each maximum
+    d = np.arange(-1, 2)
+    nb = smooth[np.clip(ys[:, None, None] + d[None, :, None], 0, shape[0] - 1),
+                np.clip(xs[:, None, None] + d[None, None, :], 0, shape[1] - 1)]
+    tot = nb.sum((1, 2))
+    vec = np.stack([ys - cy + (nb.sum(2) * d).sum(1) / tot, xs - cx + (nb.sum(1) * d).sum(1) / tot], 1)
     off_centre = np.hypot(vec[:, 0], vec[:, 1]) > 2.0
     vec, strength = vec[off_centre], strength[off_centre]
     if len(vec) < 2:
         raise CalibrationError("fewer than two Bragg spots besides the central beam: cannot choose g1, g2")
     strong = strength >= 0.1 * strength.max()
-    vec = vec[strong]
-    length = np.hypot(vec[:, 0], vec[:, 1])
-    g1 = vec[np.argmin(length)]
-    cross = g1[0] * vec[:, 1] - g1[1] * vec[:, 0]
-    side = cross > np.sin(np.radians(min_angle_deg)) * length * np.linalg.norm(g1)
-    if not side.any():
-        raise CalibrationError("all strong Bragg spots lie on one line: cannot choose g2")
-    g2 = vec[side][np.argmin(length[side])]
+    order = np.argsort(-strength[strong], kind="stable")[:24]
+    vec, strength = vec[strong][order], strength[strong][order]
+    g1, g2 = _best_basis(vec, strength, min_angle_deg)
     n_pos = peaks.scan_shape[0] * peaks.scan_shape[1]
     o = (central_beam(peaks) if origin is None else _per_position(origin, n_pos, xp, "origin")).reshape(-1, 2)
     h, k, ok = index_peaks(peaks, o, xp.asarray(g1), xp.asarray(g2), tol=0.3)
@@ -223,6 +231,39 @@ def choose_lattice_vectors(peaks: BraggPeaks, origin=None, *, mask=None, shape=N
                                "(none, or all on one lattice line): widen the mask or lower the thresholds")
     sol = np.linalg.solve(M, _backend.to_host(R))
     return sol[0], sol[1]
+
+
+def _best_basis(vec, strength, min_angle_deg, tol=0.15):
+    """Reduced basis (g1, g2) of the lattice that indexes most of the candidate spots ``vec``
+    (n, 2) weighted by ``strength`` (see ``choose_lattice_vectors``)."""
+    length = np.hypot(vec[:, 0], vec[:, 1])
+    i, j = np.triu_indices(len(vec), 1)
+    cross = vec[i, 0] * vec[j, 1] - vec[i, 1] * vec[j, 0]
+    ok = np.abs(cross) > np.sin(np.radians(min_angle_deg)) * length[i] * length[j]
+    i, j, det = i[ok], j[ok], cross[ok]
+    if len(i) == 0:
+        raise CalibrationError("all strong Bragg spots lie on one line: cannot choose g2")
+    # fractional indices of every candidate in every trial basis (pairs, spots)
+    hf = (vec[None, :, 0] * vec[j, 1, None] - vec[None, :, 1] * vec[j, 0, None]) / det[:, None]
+    kf = (vec[i, 0, None] * vec[None, :, 1] - vec[i, 1, None] * vec[None, :, 0]) / det[:, None]
+    hit = (np.abs(hf - np.rint(hf)) <= tol) & (np.abs(kf - np.rint(kf)) <= tol)
+    # indexed strength times the share of the trial lattice's sites (about pi R^2 / cell area
+    # inside the candidates' radius R) that hold a candidate: a finer lattice built on a spurious
+    # spot indexes as much but leaves most of its sites empty; a coarser one indexes less
+    sites = np.pi * length.max() ** 2 / np.abs(det)
+    score = (hit * strength[None, :]).sum(1) * np.minimum(1.0, hit.sum(1) / sites)
+    best = int(np.argmax(score))
+    a, b = vec[i[best]].copy(), vec[j[best]].copy()
+    for _ in range(100):                              # Lagrange-Gauss reduction
+        if a @ a > b @ b:
+            a, b = b, a
+        m = np.rint((a @ b) / (a @ a))
+        if m == 0:
+            break
+        b = b - m * a
+    if a[0] * b[1] - a[1] * b[0] < 0:
+        b = -b
+    return a, b
 
 
 def _solve(peaks, h, k, w, min_peaks, n_pos, xp):
