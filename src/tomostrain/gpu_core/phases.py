@@ -41,9 +41,11 @@ from .backend import to_host, xp_of
 from .filters import as_float_image, ndimage_for
 
 ENVELOPE_SIGMA = 1.0     # Gaussian smoothing for the vacuum/solid decision, voxels
-CLASS_SIGMA = 0.7        # Gaussian smoothing for the classes inside, voxels
+CLASS_SIGMA = 0.0        # Gaussian smoothing for the classes inside, voxels
 BLOB_SIGMAS = (1.0, 1.5)  # LoG scales of the Ni detector, voxels (radii ~1-4 voxels)
 BLOB_THRESHOLD = 0.7     # Ni marker: LoG response above this fraction of the densest body level
+MIDPOINTS = True
+HALO = True
 TOPHAT_SIZE = 9          # box edge (voxels) of the local background for the Ni contrast
 
 
@@ -212,6 +214,8 @@ def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | N
                 body_thr = np.zeros(0)
             cls_idx = xp.searchsorted(xp.asarray(body_thr, dtype=xp.float32), vals)
             body_levels = np.array([float(xp.median(vals[cls_idx == k])) for k in range(n_body)])
+            if MIDPOINTS:
+                body_thr = (body_levels[1:] + body_levels[:-1]) / 2
             new_t = (mu0 + body_levels[0]) / 2
             if particles and not n_part:
                 plabels, n_part = detect_particles(arr, envelope, body_levels[-1], threshold=blob_threshold)
@@ -227,6 +231,10 @@ def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | N
             envelope = _fill_and_clean(envelope | nip, nip, ndi, xp)
 
     labels = xp.zeros(arr.shape, xp.uint8)
+    if particles and n_part and HALO:  # a Ni particle's blur into the vacuum around it is not body
+        ring = ndi.binary_dilation(nip, iterations=2) & ~nip
+        envelope &= ~(ring & (cls_s < body_levels[0]))
+        envelope |= nip
     body = envelope & ~nip
     cls = xp.searchsorted(xp.asarray(body_thr, dtype=xp.float32), cls_s).astype(xp.uint8) + 1
     labels[body] = cls[body]

@@ -191,11 +191,12 @@ def family_particle(spec: ParticleSpec | None = None, **kw):
         rel = np.clip(_smooth_noise(rng, spec.shape, max(3.0, n / 10)), -1.5, 1.5) / 1.5
         thick_field = t_mean * (1 + spec.thickness_variation * rel)
     else:  # a thin skin plus narrow fingers that reach ~3x deeper
-        spikes = ndimage.gaussian_filter((rng.random(spec.shape) < 0.004).astype(np.float64), 1.5)
-        spikes /= spikes.max() if spikes.max() > 0 else 1.0
+        width = 1.5  # finger radius ~ 2 width voxels
+        spikes = ndimage.gaussian_filter((rng.random(spec.shape) < 0.002).astype(np.float64), width)
+        spikes *= (2 * np.pi * width**2) ** 1.5  # each finger peaks at 1
         skin = max(1.0, 0.5 * t_mean)
         deep = min(3.0 * t_mean, 0.8 * max_depth)
-        thick_field = skin + (deep - skin) * np.clip(spikes * 2.0, 0, 1)
+        thick_field = skin + (deep - skin) * np.clip(spikes * 1.5, 0, 1)
     thick = thick_field[tuple(idx)]  # thickness read at the nearest outside voxel
     labels = np.zeros(spec.shape, np.uint8)
     labels[inside] = 2
