@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tilt-axis", type=float, default=0.0, metavar="DEG",
                    help="nominal tilt-axis angle (degrees, DESIGN.md §3); --align searches within 10° of it")
     t.add_argument("--segment", type=int, default=0, metavar="N",
-                   help="segment into N classes including vacuum (multi-Otsu) and quantify; 0 = no segmentation")
+                   help="segment into N classes including vacuum (particle envelope first, then the classes "
+                        "inside; N = 4: vacuum, shell, core, Ni particles) and quantify; 0 = no segmentation")
+    t.add_argument("--classes", type=int, default=None, metavar="N",
+                   help="--method dart: number of phases including vacuum whose grey levels are estimated (default 3)")
     t.add_argument("--angles", type=Path, default=None, help="angle file (degrees, one per line) for TIFF/MRC input")
     t.add_argument("--voxel-size", type=float, default=None, help="voxel size (nm); default from the file")
     t.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
@@ -120,7 +123,7 @@ def _dispatch(args, command: str) -> int:
         pipeline.tomo(
             args.input, args.output, method=args.method, iterations=args.iterations, center=args.center,
             segment=args.segment, angles=args.angles, voxel_size_nm=args.voxel_size, align=args.align,
-            tilt_axis_deg=args.tilt_axis, backend=args.backend, command=command,
+            tilt_axis_deg=args.tilt_axis, backend=args.backend, command=command, classes=args.classes,
         )
         return 0
     if args.command == "stem":

@@ -112,11 +112,13 @@ class Job:
 
 def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0, angles=None,
          voxel_size_nm=None, align=False, tilt_axis_deg=0.0, backend="auto", command="",
-         job: Job | None = None) -> Path | None:
+         job: Job | None = None, classes=None) -> Path | None:
     """Reconstruct a tilt series file (or TiltSeries), optionally aligned first (``align``: tilt
     axis searched near ``tilt_axis_deg``, drift, centre) and segmented + quantified; write ``output``.
 
     With ``job`` given, the steps are added to that job and nothing is written here.
+    ``classes``: number of phases (vacuum included) whose grey levels DART estimates
+    (``method="dart"``; default 3).
     """
     from .reconstruction import align as find_alignment
     from .reconstruction import reconstruct
@@ -124,6 +126,8 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
     params = {"tomo": {"input": str(input), "method": method, "iterations": iterations, "center": center,
                        "segment": segment, "voxel_size_nm": voxel_size_nm, "align": bool(align),
                        "tilt_axis_deg": tilt_axis_deg}}
+    if classes is not None:
+        params["tomo"]["classes"] = classes
     if align and center is not None:
         raise InputError("give either align (which finds the centre) or center, not both")
     own = job is None
@@ -144,6 +148,10 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
     if not job.done("reconstruct"):
         with job.step("reconstruct"):
             kw = {} if iterations is None else {"iterations": iterations}
+            if classes is not None:
+                if method != "dart":
+                    raise InputError(f"--classes sets DART's number of phases; method {method!r} takes none")
+                kw["n_classes"] = int(classes)
             volume = reconstruct(series, method=method, backend=job.backend, **geometry, **kw)
             job.results.setdefault("tomo", {})["volume"] = be.to_host(volume).astype(np.float32)
             job.results["tomo"]["@attrs"] = {"method": method, "voxel_size_nm": voxel}
@@ -152,13 +160,11 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
     return job.finish() if own else None
 
 
-TV_WEIGHT = 0.08  # TV denoising weight before segmentation, as a fraction of the 99.5th percentile
 
 
 def _segment_and_quantify(job: Job, classes: int, voxel_size_nm: float) -> None:
     from .analysis import quantify
-    from .gpu_core.filters import tv_denoise
-    from .gpu_core.segment import multi_otsu
+    from .gpu_core.phases import segment_phases
 
     if classes < 2:
         raise InputError(f"--segment needs at least 2 classes (vacuum + one phase), got {classes}")
@@ -166,16 +172,17 @@ def _segment_and_quantify(job: Job, classes: int, voxel_size_nm: float) -> None:
     if not job.done("segment"):
         with job.step("segment"):
             volume = be.to_device(tomo_results["volume"], job.backend)
-            xp = be.xp_of(volume)
-            # TV keeps phase edges while flattening noise; vacuum dominates the histogram, so a
-            # Gaussian blur would smear the few-voxel shell into it. Weight relative to the bright end.
-            weight = TV_WEIGHT * float(xp.percentile(volume, 99.5))
-            thresholds, labels = multi_otsu(tv_denoise(volume, weight), classes)
-            tomo_results["labels"] = be.to_host(labels).astype(np.uint8)
-            tomo_results.setdefault("@attrs", {})["thresholds"] = [float(t) for t in be.to_host(thresholds)]
+            # envelope first (vacuum/solid), then the classes inside; 4 classes: Ni by a blob detector
+            seg = segment_phases(volume, classes)
+            tomo_results["labels"] = be.to_host(seg.labels).astype(np.uint8)
+            tomo_results["particle_labels"] = be.to_host(seg.particles).astype(np.int32)
+            attrs = tomo_results.setdefault("@attrs", {})
+            attrs["thresholds"] = [float(t) for t in seg.thresholds]
+            attrs["levels"] = [float(v) for v in seg.levels]
     if not job.done("quantify") and classes == 4:
         with job.step("quantify"):
-            q = quantify(tomo_results["labels"], voxel_size_nm=voxel_size_nm)
+            q = quantify(tomo_results["labels"], voxel_size_nm=voxel_size_nm,
+                         particle_labels=tomo_results.get("particle_labels"))
             tomo_results["quantify"] = _quantify_tree(q)
 
 
@@ -338,6 +345,7 @@ def run_job(path, command: str = "") -> Path:
         method = "sirt"
         iterations = 100
         segment = 4
+        # classes = 4   (method = "dart": number of phases whose grey levels DART estimates)
         [stem]
         input = "particle3_scan.h5"
         phases = ["NiO", "Ni", "Na2O"]

@@ -126,22 +126,26 @@ def detect_particles(volume, envelope, body_level: float, *, threshold=BLOB_THRE
     ndi = ndimage_for(xp)
     resp = blob_response(arr)
     near = ndi.binary_dilation(envelope, iterations=2)
-    peaks = (resp == ndi.maximum_filter(resp, size=3)) & (resp > threshold * body_level) & near
-    smooth = ndi.gaussian_filter(arr, CLASS_SIGMA)
+    cand = (resp > threshold * body_level) & near
+    smooth = ndi.gaussian_filter(arr, CLASS_SIGMA) if CLASS_SIGMA else arr
     contrast = smooth - ndi.maximum_filter(ndi.minimum_filter(smooth, TOPHAT_SIZE), TOPHAT_SIZE)
-    n_peaks = int(peaks.sum())
-    if n_peaks == 0:
+    if not bool(cand.any()):
         return xp.zeros(arr.shape, xp.int32), 0
-    markers, n = ndi.label(peaks, structure=ndi.generate_binary_structure(arr.ndim, arr.ndim))
-    low = contrast > 0.25 * threshold * body_level
-    # the watershed itself on the host, over the candidates' bounding box only
-    idx = xp.argwhere(low | peaks)
-    lo = to_host(idx.min(0)).astype(int)
-    hi = to_host(idx.max(0)).astype(int) + 1
+    low = (contrast > 0.25 * threshold * body_level) | cand
+    # the markers and the watershed on the host, over the candidates' bounding box only
+    idx = xp.argwhere(low)
+    lo = np.maximum(to_host(idx.min(0)).astype(int) - 2, 0)
+    hi = to_host(idx.max(0)).astype(int) + 3
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    # one marker per blob: a connected region of strong LoG response (the response dips below
+    # the threshold between touching particles, and stays above it across one particle)
+    peaks = to_host(cand[box])
+    m_host, n = ndimage_for(np).label(peaks, structure=np.ones((3,) * arr.ndim, bool))
+    if n == 0:
+        return xp.zeros(arr.shape, xp.int32), 0
     c_host = to_host(contrast[box])
-    m_host = to_host(markers[box]).astype(np.int32)
-    mask_host = to_host((low | (markers > 0))[box])
+    m_host = m_host.astype(np.int32)
+    mask_host = to_host(low[box]) | peaks
     basins = watershed(-c_host, m_host, mask=mask_host)
     peak_c = np.zeros(n + 1)
     peak_c[1:] = ndimage_for(np).maximum(c_host, basins, np.arange(1, n + 1))
