@@ -46,6 +46,7 @@ BLOB_SIGMAS = (1.0, 1.5)  # LoG scales of the Ni detector, voxels (radii ~1-4 vo
 BLOB_THRESHOLD = 0.7     # Ni marker: LoG response above this fraction of the densest body level
 MIDPOINTS = True
 HALO = True
+MARKER_JOIN = 5.0       # Ni markers closer than this (voxels) belong to one particle
 TOPHAT_SIZE = 9          # box edge (voxels) of the local background for the Ni contrast
 
 
@@ -137,15 +138,20 @@ def detect_particles(volume, envelope, body_level: float, *, threshold=BLOB_THRE
     lo = np.maximum(to_host(idx.min(0)).astype(int) - 2, 0)
     hi = to_host(idx.max(0)).astype(int) + 3
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    # one marker per blob: a connected region of strong LoG response (the response dips below
-    # the threshold between touching particles, and stays above it across one particle)
-    peaks = to_host(cand[box])
-    m_host, n = ndimage_for(np).label(peaks, structure=np.ones((3,) * arr.ndim, bool))
+    # one marker per blob: the LoG maxima (at least 3 voxels apart), joined when closer than
+    # MARKER_JOIN voxels (two maxima of one large particle); touching particles of radius
+    # >= MARKER_JOIN / 2 keep one marker each and the watershed splits them
+    ndh = ndimage_for(np)
+    resp_host = to_host(resp[box])
+    cand_host = to_host(cand[box])
+    peaks = (resp_host == ndh.maximum_filter(resp_host, size=5)) & cand_host
+    joined = ndh.binary_dilation(peaks, structure=_ball_structure((MARKER_JOIN - 1) / 2, arr.ndim)) & cand_host
+    m_host, n = ndh.label(joined, structure=np.ones((3,) * arr.ndim, bool))
     if n == 0:
         return xp.zeros(arr.shape, xp.int32), 0
     c_host = to_host(contrast[box])
     m_host = m_host.astype(np.int32)
-    mask_host = to_host(low[box]) | peaks
+    mask_host = to_host(low[box]) | joined
     basins = watershed(-c_host, m_host, mask=mask_host)
     peak_c = np.zeros(n + 1)
     peak_c[1:] = ndimage_for(np).maximum(c_host, basins, np.arange(1, n + 1))
@@ -159,6 +165,12 @@ def detect_particles(volume, envelope, body_level: float, *, threshold=BLOB_THRE
     out = xp.zeros(arr.shape, xp.int32)
     out[box] = xp.asarray(remap[basins])
     return out, int(good.sum())
+
+
+def _ball_structure(radius: float, ndim: int):
+    r = int(np.floor(radius))
+    g = np.indices((2 * r + 1,) * ndim) - r
+    return (g**2).sum(0) <= radius**2
 
 
 def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | None = None,
