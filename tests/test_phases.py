@@ -142,10 +142,15 @@ def test_segmentation_and_quantities_on_generated_particles(reconstructed, seed)
     q = quantify(seg.labels, particle_labels=seg.particles)
     qt = quantify(labels)
     assert q["particles"]["count"] == seg.n_particles
-    # mean shell thickness, same estimator on the truth labels: within 1.5 voxels (measured 0.1-1.3)
-    assert abs(q["shell_thickness_nm"]["mean"] - qt["shell_thickness_nm"]["mean"]) < 1.5
-    # the reacted fraction by depth follows the truth's (0.5-crossing within 1.5 voxels)
-    assert abs(q["reaction_depth_nm"] - qt["reaction_depth_nm"]) < 1.5
+    # mean shell thickness, same estimator on the truth labels: within 1 voxel (measured 0.1-0.3)
+    assert abs(q["shell_thickness_nm"]["mean"] - qt["shell_thickness_nm"]["mean"]) < 1.0
+    # the reacted fraction by depth follows the truth's: 0.5-crossing within 1 voxel, mean
+    # difference over the bins <= 0.1 (the largest single-bin difference, at the steep front, is
+    # 0.15-0.25 at 56^3 after SIRT: a sub-voxel front shift; see the report)
+    assert abs(q["reaction_depth_nm"] - qt["reaction_depth_nm"]) < 1.0
+    pm, pt = q["depth_profile"]["reacted_fraction"], qt["depth_profile"]["reacted_fraction"]
+    nb = min(pm.size, pt.size)
+    assert np.mean(np.abs(pm[:nb] - pt[:nb])) < 0.1
     # levels found without being told: within 10 % of the true densities
     true = np.array([truth.densities[k] for k in ("shell", "core", "particles")])
     assert np.all(np.abs(seg.levels[1:] / true - 1) < 0.12), (seg.levels, true)

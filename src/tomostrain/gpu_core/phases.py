@@ -47,6 +47,8 @@ BLOB_THRESHOLD = 0.7     # Ni marker: LoG response above this fraction of the de
 MIDPOINTS = True
 HALO = True
 MARKER_JOIN = 5.0       # Ni markers closer than this (voxels) belong to one particle
+MAX_RADIUS = 4.5        # largest Ni radius the detector expects, voxels
+FRAGMENT = 20           # class fragments smaller than this (voxels) are noise
 TOPHAT_SIZE = 9          # box edge (voxels) of the local background for the Ni contrast
 
 
@@ -126,7 +128,9 @@ def detect_particles(volume, envelope, body_level: float, *, threshold=BLOB_THRE
     xp = xp_of(arr)
     ndi = ndimage_for(xp)
     resp = blob_response(arr)
-    near = ndi.binary_dilation(envelope, iterations=2)
+    # a Ni particle rests on the surface: its centre lies outside the body or less than its
+    # radius (<= MAX_RADIUS) below the envelope's surface, never deep inside
+    near = ndi.binary_dilation(envelope, iterations=2) & (ndi.distance_transform_edt(envelope) <= MAX_RADIUS + 0.5)
     cand = (resp > threshold * body_level) & near
     smooth = ndi.gaussian_filter(arr, CLASS_SIGMA) if CLASS_SIGMA else arr
     contrast = smooth - ndi.maximum_filter(ndi.minimum_filter(smooth, TOPHAT_SIZE), TOPHAT_SIZE)
@@ -151,7 +155,8 @@ def detect_particles(volume, envelope, body_level: float, *, threshold=BLOB_THRE
         return xp.zeros(arr.shape, xp.int32), 0
     c_host = to_host(contrast[box])
     m_host = m_host.astype(np.int32)
-    mask_host = to_host(low[box]) | joined
+    reach = ndh.binary_dilation(peaks, structure=_ball_structure(MAX_RADIUS, arr.ndim))  # a particle's extent
+    mask_host = (to_host(low[box]) & reach) | joined
     basins = watershed(-c_host, m_host, mask=mask_host)
     peak_c = np.zeros(n + 1)
     peak_c[1:] = ndimage_for(np).maximum(c_host, basins, np.arange(1, n + 1))
@@ -165,6 +170,32 @@ def detect_particles(volume, envelope, body_level: float, *, threshold=BLOB_THRE
     out = xp.zeros(arr.shape, xp.int32)
     out[box] = xp.asarray(remap[basins])
     return out, int(good.sum())
+
+
+def _clean_classes(labels, body, n_body, ndi, xp):
+    """Noise islands out of the body classes, in place: a fragment of a class smaller than
+    ``FRAGMENT`` voxels that sits inside another class's region takes the class below (the
+    densest classes' specks in the shell) or above (a lighter speck enclosed in the core)."""
+    six = ndi.generate_binary_structure(labels.ndim, 1)
+    for k in range(n_body, 1, -1):  # dense specks in lighter material go one class down
+        comps, n = ndi.label(labels == k, structure=six)
+        if n:
+            small = xp.bincount(comps.ravel()) < FRAGMENT
+            small[0] = False
+            labels[small[comps]] = k - 1
+    for k in range(1, n_body):  # light specks enclosed by denser material go one class up
+        inner = body & (labels <= k)
+        comps, n = ndi.label(inner, structure=six)
+        if n:
+            sizes = xp.bincount(comps.ravel())
+            small = sizes < FRAGMENT
+            small[0] = False
+            # only islands that do not touch the vacuum
+            touching = xp.zeros(n + 1, bool)
+            edge = ndi.binary_dilation(~body, structure=six) & inner
+            touching[xp.unique(comps[edge])] = True
+            small &= ~touching
+            labels[small[comps] & (labels == k)] = k + 1
 
 
 def _ball_structure(radius: float, ndim: int):
@@ -254,6 +285,8 @@ def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | N
     body = envelope & ~nip
     cls = xp.searchsorted(xp.asarray(body_thr, dtype=xp.float32), cls_s).astype(xp.uint8) + 1
     labels[body] = cls[body]
+    if n_body > 1:
+        _clean_classes(labels, body, n_body, ndi, xp)
     if particles:
         if n_body > 1:  # the blurred halo of a Ni particle is not core
             halo = ndi.binary_dilation(nip, iterations=1) & (labels == n_body)
