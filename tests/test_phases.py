@@ -168,3 +168,38 @@ def test_dart_levels_and_error_beat_sirt(reconstructed):
     mask = ndimage.binary_dilation(labels > 0, iterations=2)
     rmse = lambda v: float(np.sqrt(np.mean((v - density)[mask] ** 2)))  # noqa: E731
     assert rmse(x) < rmse(volume), (rmse(x), rmse(volume))
+
+
+def test_two_and_three_classes_and_bad_input(rng):
+    d, lab, _ = family_particle(random_spec(5, (40, 40, 40), n_ni=5))
+    noisy = d + rng.normal(0, 0.05, d.shape).astype(np.float32)
+    two = segment_phases(noisy, 2)
+    # two classes: the solid level is the median of all solid, so a light shell is partly lost
+    assert set(np.unique(two.labels)) == {0, 1} and _dice(two.labels == 1, lab > 0) > 0.85
+    three = segment_phases(noisy, 3)  # vacuum, shell, core (+ Ni read as core): no detector
+    assert three.n_particles == 0 and _dice(three.labels == 1, lab == 1) > 0.85
+    from tomostrain.errors import InputError
+
+    with pytest.raises(InputError, match="classes"):
+        segment_phases(noisy, 1)
+    with pytest.raises(InputError, match="levels"):
+        segment_phases(noisy, 4, levels=[0, 1])
+    with pytest.raises(InputError, match="3D"):
+        segment_phases(noisy[0], 3)
+
+
+@pytest.mark.gpu
+def test_segment_phases_gpu_matches_cpu(rng):
+    import cupy as cp
+
+    d, lab, _ = family_particle(random_spec(3, (48, 48, 48)))
+    noisy = d + rng.normal(0, 0.05, d.shape).astype(np.float32)
+    cpu = segment_phases(noisy, 4)
+    gpu = segment_phases(cp.asarray(noisy), 4)
+    assert isinstance(gpu.labels, cp.ndarray) and gpu.n_particles == cpu.n_particles
+    assert np.mean(cp.asnumpy(gpu.labels) == cpu.labels) > 0.999
+    np.testing.assert_allclose(gpu.levels, cpu.levels, rtol=1e-4)
+    q_cpu = quantify(cpu.labels, particle_labels=cpu.particles)
+    q_gpu = quantify(gpu.labels, particle_labels=gpu.particles)
+    assert q_gpu["particles"]["count"] == q_cpu["particles"]["count"]
+    assert q_gpu["surface_area_nm2"]["body"] == pytest.approx(q_cpu["surface_area_nm2"]["body"], rel=1e-3)
