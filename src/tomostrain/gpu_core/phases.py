@@ -13,10 +13,11 @@ form no mode, so global classes do not line up with phases. The steps here:
    and the lightest solid phase, then holes filled and fragments smaller than 1 % of the largest
    body (and not holding a Ni detection) removed. ``L_lowest`` comes from step 3, so 2-3 are
    iterated from an Otsu start (3 rounds).
-3. **Classes inside the envelope**: multi-Otsu over the envelope's voxels only (Ni detections
-   and the envelope's outer voxel layer excluded: partial volume), giving the solid levels
-   (medians per class) and the thresholds between them. When the densities are known
-   (``levels``) the thresholds are their midpoints instead (DART-style).
+3. **Classes inside the envelope**: multi-Otsu over the envelope's inner voxels only (its outer
+   voxel layer excluded: partial volume; with particle detection also the brightest 1 %, where
+   the few Ni voxels sit), giving the solid levels (medians per class) and thresholds at the
+   midpoints between them. When the densities are known (``levels``) the thresholds are their
+   midpoints instead (DART-style).
 4. **Ni particles** (``particles=True``): a scale-normalised Laplacian of Gaussian
    (``-sum sigma^2 LoG_sigma``, sigma 1 and 1.5 voxels) responds to bright blobs of 1-4 voxel
    radius about as strongly as their density contrast, and to a core edge or corner at most about
@@ -250,9 +251,11 @@ def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | N
     else:
         t_env = otsu(env_s)
         for _ in range(3):
-            envelope = _fill_and_clean(env_s > t_env, nip if n_part else None, ndi, xp)
-            inner = ndi.binary_erosion(envelope) & ~nip
+            envelope = _fill_and_clean(env_s > t_env, None, ndi, xp)
+            inner = ndi.binary_erosion(envelope)
             vals = cls_s[inner]
+            if particles:  # the few Ni voxels (found after the levels) must not pull the body classes
+                vals = vals[vals <= xp.percentile(vals, 99.0)]
             if vals.size < 10 * n_body:
                 raise InputError("the particle envelope is too small to segment (fewer than a few voxels inside)")
             if n_body > 1:
@@ -264,9 +267,6 @@ def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | N
             if MIDPOINTS:
                 body_thr = (body_levels[1:] + body_levels[:-1]) / 2
             new_t = (mu0 + body_levels[0]) / 2
-            if particles and not n_part:
-                plabels, n_part = detect_particles(arr, envelope, body_levels[-1], threshold=blob_threshold)
-                nip = plabels > 0
             if abs(new_t - t_env) < 1e-3 * abs(body_levels[-1]):
                 t_env = new_t
                 break
