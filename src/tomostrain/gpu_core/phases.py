@@ -21,9 +21,13 @@ form no mode, so global classes do not line up with phases. The steps here:
 4. **Ni particles** (``particles=True``): a scale-normalised Laplacian of Gaussian
    (``-sum sigma^2 LoG_sigma``, sigma 1 and 1.5 voxels) responds to bright blobs of 1-4 voxel
    radius about as strongly as their density contrast, and to a core edge or corner at most about
-   60 % of the core's. Markers are its local maxima above ``blob_threshold`` x the densest body
-   level; each Ni particle is the marker-watershed basin of the local contrast (white top-hat,
-   box of 9 voxels) cut at half its peak, so touching particles stay apart.
+   60 % of the core's (a shelled core; a bare dense corner on vacuum would count). Candidates
+   are voxels above ``blob_threshold`` x the densest body level, no deeper than ``MAX_RADIUS``
+   below the envelope surface (a Ni particle rests on the surface); markers are the LoG maxima
+   among them, joined within ``MARKER_JOIN`` voxels (one large particle, one marker); each Ni
+   particle is the marker-watershed basin of the local contrast (white top-hat, box of 9
+   voxels), within ``MAX_RADIUS`` of its marker and cut at half its peak contrast, so touching
+   particles of radius >= 2.5 voxels stay apart.
 5. Labels: uint8, 0 vacuum, then the body classes, the Ni class last (DESIGN.md §3: increasing
    density). Voxels of the densest body class that touch a Ni particle (its blurred halo) go to
    the class below.
