@@ -103,7 +103,7 @@ def test_reaction_mode_undefined_without_core():
 
 SEEDS = (11, 12, 13, 14, 15)
 # thin plates at 56^3 (core 3-5 voxels thick after SIRT blur): the core's level and Dice fall short
-THIN_PLATE = pytest.mark.xfail(strict=True, reason="thin plate core at 56^3: core Dice 0.5-0.88 (see docs/design.md)")
+THIN_PLATE = pytest.mark.xfail(strict=True, reason="thin plate core at 56^3: core Dice 0.88-0.89, shell 0.80-0.87 (see docs/design.md)")
 CASES = [pytest.param(s, marks=THIN_PLATE) if s in (11, 14) else s for s in SEEDS]
 
 
