@@ -1,5 +1,7 @@
 """Envelope-first segmentation, the Ni blob detector, DART's levels and the new surface quantities,
 on hand-made cases and on reconstructions of generated particles unlike the demo's."""
+import json
+
 import numpy as np
 import pytest
 
@@ -203,3 +205,24 @@ def test_segment_phases_gpu_matches_cpu(rng):
     q_gpu = quantify(gpu.labels, particle_labels=gpu.particles)
     assert q_gpu["particles"]["count"] == q_cpu["particles"]["count"]
     assert q_gpu["surface_area_nm2"]["body"] == pytest.approx(q_cpu["surface_area_nm2"]["body"], rel=1e-3)
+
+
+def test_tomo_segment_writes_labels_instances_and_quantities(tmp_path):
+    """``tomo --segment 4`` uses the envelope-first segmentation; ``classes`` is DART's alone."""
+    from tomostrain import io, pipeline
+    from tomostrain.errors import InputError
+
+    spec = random_spec(13, (40, 40, 40))
+    density, labels, truth = family_particle(spec)
+    data, angles = family_series(density, spec)
+    series = io.TiltSeries(data, angles, pixel_size_nm=0.5)
+    with pytest.raises(InputError, match="classes"):
+        pipeline.tomo(series, tmp_path / "bad.h5", method="fbp", classes=4, backend="cpu")
+    out = pipeline.tomo(series, tmp_path / "r.h5", method="sirt", iterations=20, segment=4, backend="cpu")
+    res = io.read_results(out)["tomo"]
+    assert res["labels"].dtype == np.uint8 and res["particle_labels"].max() > 0
+    attrs = res["quantify"]["@attrs"]
+    assert "reaction_mode" in attrs and "surface_area_nm2" in attrs
+    assert {"shell", "core", "particles"} <= set(res["quantify"]["phase_depth_profile"])
+    levels = res["@attrs"]["levels"]
+    assert len(json.loads(levels) if isinstance(levels, str) else levels) == 4
