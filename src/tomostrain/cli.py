@@ -106,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tilt-axis angle (degrees, DESIGN.md §3); --align searches within 10° of it, "
                         "without --align it is applied as the known axis")
     t.add_argument("--segment", type=int, default=0, metavar="N",
-                   help="segment into N classes including vacuum (multi-Otsu) and quantify; 0 = no segmentation")
+                   help="segment into N classes including vacuum (particle envelope first, then the classes "
+                        "inside; N = 4: vacuum, shell, core, Ni particles) and quantify; 0 = no segmentation")
+    t.add_argument("--classes", type=int, default=None, metavar="N",
+                   help="--method dart: number of phases including vacuum whose grey levels are estimated (default 3)")
     t.add_argument("--angles", type=Path, default=None,
                    help="angle file (degrees, one per line); wins over the file's own angles")
     t.add_argument("--offset", type=_offset, default="auto", metavar="auto|none|VALUE",
@@ -213,7 +216,7 @@ def _dispatch(args, command: str) -> int:
         pipeline.tomo(
             args.input, args.output, method=args.method, iterations=args.iterations, center=args.center,
             segment=args.segment, angles=args.angles, voxel_size_nm=args.voxel_size, align=args.align,
-            tilt_axis_deg=args.tilt_axis, backend=args.backend, command=command,
+            tilt_axis_deg=args.tilt_axis, backend=args.backend, command=command, classes=args.classes,
             offset=args.offset, xf=args.xf, cluster=args.cluster,
             center_method=args.center_method, rings=args.rings, zingers=args.zingers,
             beam_background=args.beam_background, paganin=_paganin_args(args),

@@ -194,7 +194,7 @@ def _decode_json_attrs(tree: dict, paths: list[str]) -> None:
 def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0, angles=None,
          voxel_size_nm=None, align=False, tilt_axis_deg=0.0, backend="auto", command="",
          job: Job | None = None, offset="auto", xf=None, rings=None, zingers=None, paganin=None,
-         beam_background=None, center_method="vo", cluster=None) -> Path | None:
+         beam_background=None, center_method="vo", cluster=None, classes=None) -> Path | None:
     """Reconstruct a tilt series file, folder of one-file-per-tilt images (or TiltSeries),
     optionally aligned first (``align``: tilt axis searched near ``tilt_axis_deg``, drift, centre;
     ``OUT.xf``/``OUT.tlt`` are written beside the result for IMOD) or with an IMOD/AreTomo/ETSpy
@@ -202,6 +202,8 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
     detector offset rule of ``io.read_tilt_series`` ("auto", None or a number).
 
     With ``job`` given, the steps are added to that job and nothing is written here.
+    ``classes``: number of phases (vacuum included) whose grey levels DART estimates
+    (``method="dart"``; default 3).
 
     X-ray data (DXchange with flats): ``rings`` (a ``preprocess.RING_METHODS`` name),
     ``zingers`` (threshold), ``paganin`` (dict ``energy_kev, distance_m, delta_beta`` and
@@ -223,7 +225,7 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
                               "align": align, "tilt_axis_deg": tilt_axis_deg, "offset": offset,
                               "xf": None if xf is None else str(xf), "rings": rings, "zingers": zingers,
                               "paganin": paganin, "beam_background": beam_background,
-                              "center_method": center_method})
+                              "center_method": center_method, "classes": classes})
     params = {"tomo": {"input": str(input), "method": method, "iterations": iterations, "center": center,
                        "segment": segment, "voxel_size_nm": voxel_size_nm, "align": bool(align),
                        "tilt_axis_deg": tilt_axis_deg}}
@@ -236,6 +238,8 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
     xray = {"rings": rings, "zingers": zingers, "paganin": paganin, "beam_background": beam_background}
     if any(v is not None for v in xray.values()) or center == "auto":
         params["tomo"].update(xray, center_method=center_method)
+    if classes is not None:
+        params["tomo"]["classes"] = classes
     own = job is None
     job = job or Job(Path(output), command, params, backend)
     if align and own:  # OUT.xf / OUT.tlt are written too: never over an input (an .ali's .tlt)
@@ -247,7 +251,7 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
         with open_cluster(cluster) as job.executor:
             tomo(input, None, method=method, iterations=iterations, center=center, segment=segment, angles=angles,
                  voxel_size_nm=voxel_size_nm, align=align, tilt_axis_deg=tilt_axis_deg, job=job, offset=offset,
-                 xf=xf, center_method=center_method, **xray)
+                 xf=xf, center_method=center_method, classes=classes, **xray)
         volume_shape = tuple(job.results["tomo"]["volume"].shape)  # (n_rows, n_cols, n_cols)
         path = job.finish()
         if align:
@@ -288,6 +292,8 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
     if not job.done("reconstruct") or not volume.complete():
         with job.step("reconstruct"):
             kw = {} if iterations is None else {"iterations": iterations}
+            if classes is not None:
+                kw["n_classes"] = int(classes)
             reconstruct(series, method=method, backend=job.backend, executor=job.executor, out=volume,
                         progress=job.progress("reconstruct"), **geometry, **kw)
             job.results.setdefault("tomo", {})["@attrs"] = {"method": method, "voxel_size_nm": voxel}
@@ -489,13 +495,11 @@ def _xanes_selected_2d(stack, result):
             "@attrs": {"labels": labels, "index_axes": "y, x"}}
 
 
-TV_WEIGHT = 0.08  # TV denoising weight before segmentation, as a fraction of the 99.5th percentile
 
 
 def _segment_and_quantify(job: Job, classes: int, voxel_size_nm: float) -> None:
     from .analysis import quantify
-    from .gpu_core.filters import tv_denoise
-    from .gpu_core.segment import multi_otsu
+    from .gpu_core.phases import segment_phases
 
     if classes < 2:
         raise InputError(f"--segment needs at least 2 classes (vacuum + one phase), got {classes}")
@@ -503,20 +507,21 @@ def _segment_and_quantify(job: Job, classes: int, voxel_size_nm: float) -> None:
     if not job.done("segment"):
         with job.step("segment"):
             volume = be.to_device(np.asarray(tomo_results["volume"]), job.backend)
-            xp = be.xp_of(volume)
-            # TV keeps phase edges while flattening noise; vacuum dominates the histogram, so a
-            # Gaussian blur would smear the few-voxel shell into it. Weight relative to the bright end.
-            weight = TV_WEIGHT * float(xp.percentile(volume, 99.5))
-            if not weight > 0:
-                raise InputError("cannot segment: the reconstructed volume has no positive density (its "
-                                 "brightest voxels are <= 0); is the tilt series empty, inverted or "
-                                 "bright-field? HAADF projections must be brighter where there is material")
-            thresholds, labels = multi_otsu(tv_denoise(volume, weight), classes)
-            tomo_results["labels"] = be.to_host(labels).astype(np.uint8)
-            tomo_results.setdefault("@attrs", {})["thresholds"] = [float(t) for t in be.to_host(thresholds)]
+            if not float(volume.max()) > 0:
+                raise InputError("cannot segment: the reconstructed volume has no positive density; is the "
+                                 "tilt series empty, inverted or bright-field? HAADF projections must be "
+                                 "brighter where there is material")
+            # envelope first (vacuum/solid), then the classes inside; 4 classes: Ni by a blob detector
+            seg = segment_phases(volume, classes)
+            tomo_results["labels"] = be.to_host(seg.labels).astype(np.uint8)
+            tomo_results["particle_labels"] = be.to_host(seg.particles).astype(np.int32)
+            attrs = tomo_results.setdefault("@attrs", {})
+            attrs["thresholds"] = [float(t) for t in seg.thresholds]
+            attrs["levels"] = [float(v) for v in seg.levels]
     if not job.done("quantify") and classes == 4:
         with job.step("quantify"):
-            q = quantify(tomo_results["labels"], voxel_size_nm=voxel_size_nm)
+            q = quantify(tomo_results["labels"], voxel_size_nm=voxel_size_nm,
+                         particle_labels=tomo_results.get("particle_labels"))
             tomo_results["quantify"] = _quantify_tree(q)
 
 
@@ -742,6 +747,7 @@ def run_job(path, command: str = "", cluster=None) -> Path:
         method = "sirt"
         iterations = 100
         segment = 4
+        # classes = 4   (method = "dart": number of phases whose grey levels DART estimates)
         [stem]
         input = "particle3_scan.h5"
         phases = ["NiO", "Ni", "Na2O"]

@@ -69,6 +69,7 @@ class TomoOptions(Section):
     angles: Optional[str] = Field(None, min_length=1, **_cli("--angles", path=True))
     voxel_size_nm: Optional[Positive] = Field(None, **_cli("--voxel-size"))
     align: bool = False
+    classes: Optional[Annotated[int, Field(ge=2, le=255)]] = Field(None, **_cli("--classes"))
     tilt_axis_deg: Optional[Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]] = Field(
         None, **_cli("--tilt-axis"))
     offset: Union[Literal["auto"], None, Finite] = Field("auto", **_cli("--offset"))
@@ -85,6 +86,8 @@ class TomoOptions(Section):
     def _align_or_center(self):
         if self.align and self.center is not None:
             raise ValueError("give either align (which finds the centre) or center, not both")
+        if self.classes is not None and self.method != "dart":
+            raise ValueError(f"classes sets DART's number of phases; method {self.method!r} takes none")
         if self.align and self.xf is not None:
             raise ValueError("give either align or an .xf alignment file, not both")
         return self

@@ -26,6 +26,7 @@ def quantify(
     particle_label: int = 3,
     vacuum_label: int = 0,
     min_distance: int = 2,
+    particle_labels=None,
 ) -> dict:
     """Phase fractions, shell thickness, depth profile and particle table of a label volume.
 
@@ -54,6 +55,15 @@ def quantify(
         voxel_size_nm: edge length of a voxel, nm.
         shell_label, core_label, particle_label, vacuum_label: label numbers of the phases.
         min_distance: smallest distance between particle centres for the watershed split, voxels.
+        particle_labels: optional int instance labels of the Ni particles (e.g. from
+            ``gpu_core.phases.segment_phases``); used instead of the watershed split.
+
+    Also returned (see ``analysis.surface`` and docs/design.md): ``shell_thickness_nm.cv``
+    (std / mean), ``surface_thickness`` (per outer-surface voxel ``y, z, x`` and
+    ``thickness_nm``), ``reaction_mode`` (finger index and the call conformal/finger),
+    ``phase_depth_profile`` (fraction of every phase by depth below the particle surface),
+    ``surface_area_nm2`` (marching cubes) and, in ``particles``, ``depth_nm`` (centroid depth
+    below the body surface, negative outside) and ``attached`` (touches the body).
 
     Returns:
         dict with ``voxel_size_nm``, ``n_voxels``, ``volume_nm3``, ``fractions``, ``conversion``,
@@ -84,52 +94,71 @@ def quantify(
     body = shell | core
     if body_n == lab.size:
         raise InputError("labels have no voxel outside the shell and core: the particle surface is undefined")
-    thickness = _shell_thickness(body, shell, core, n, ndi, xp)
+    thickness, surf_idx = _shell_thickness(body, shell, core, n, ndi, xp)
     profile = _depth_profile(body, shell, body_n, ndi, xp)
     if profile["depth"].size:
         reaction_depth = _crossing(profile["depth"], profile["reacted_fraction"], 0.5)
     else:
         reaction_depth = float("nan")
 
+    from .surface import particle_placement, phase_depth_profile, reaction_mode, surface_areas
+
+    table = _particle_table(lab == particle_label, vs, min_distance, xp, particle_labels)
+    plabels, order = table.pop("_labels", None), table.pop("_order", None)
+    table.update(particle_placement(body, plabels, order, table["count"], vs))
+    scaled = _scale_thickness(thickness, vs)
+    surface_thickness = {
+        "y": surf_idx[:, 0] if surf_idx is not None else np.zeros(0, np.int64),
+        "z": surf_idx[:, 1] if surf_idx is not None else np.zeros(0, np.int64),
+        "x": surf_idx[:, 2] if surf_idx is not None and lab.ndim == 3 else np.zeros(0, np.int64),
+        "thickness_nm": thickness * vs if thickness is not None else np.zeros(0),
+    } if lab.ndim == 3 else {}
     return {
         "voxel_size_nm": vs,
         "n_voxels": n,
         "volume_nm3": {k: v * vol_nm3 for k, v in n.items()},
         "fractions": fractions,
         "conversion": conversion,
-        "shell_thickness_nm": _scale_thickness(thickness, vs),
+        "shell_thickness_nm": scaled,
+        "surface_thickness": surface_thickness,
+        "reaction_mode": reaction_mode(body, shell, core, vs),
+        "phase_depth_profile": phase_depth_profile(lab, vs, shell_label, core_label, particle_label, vacuum_label),
+        "surface_area_nm2": surface_areas(body, core, lab != vacuum_label, vs),
         "depth_profile": {
             "depth_nm": profile["depth"] * vs,
             "n_voxels": profile["n_voxels"],
             "reacted_fraction": profile["reacted_fraction"],
         },
         "reaction_depth_nm": reaction_depth * vs,
-        "particles": _particle_table(lab == particle_label, vs, min_distance, xp),
+        "particles": table,
     }
 
 
 def _shell_thickness(body, shell, core, n, ndi, xp):
     """Thickness (voxels) at every outer-surface voxel of the body; None when undefined."""
     if n["core"] == 0:
-        return None
+        return None, None
     outside = ~body
     structure = ndi.generate_binary_structure(body.ndim, 1)
     surface = body & ndi.binary_dilation(outside, structure=structure, border_value=0)
     to_core = ndi.distance_transform_edt(~core)  # 0 on core voxels
     values = to_host(to_core[surface]).astype(np.float64)
-    return values if values.size else None
+    if not values.size:
+        return None, None
+    return values, to_host(xp.argwhere(surface)).astype(np.int64)
 
 
 def _scale_thickness(values, vs):
     if values is None:
         nan = float("nan")
-        return dict(mean=nan, std=nan, min=nan, max=nan, median=nan, n_surface_voxels=0,
+        return dict(mean=nan, std=nan, cv=nan, min=nan, max=nan, median=nan, n_surface_voxels=0,
                     histogram={"edges_nm": np.zeros(0), "counts": np.zeros(0, np.int64)})
     edges = np.arange(0.0, np.floor(values.max()) + 2.0)
     counts, _ = np.histogram(values, bins=edges)
     return dict(
         mean=float(values.mean()) * vs,
         std=float(values.std()) * vs,
+        cv=float(values.std() / values.mean()) if values.mean() > 0 else float("nan"),
         min=float(values.min()) * vs,
         max=float(values.max()) * vs,
         median=float(np.median(values)) * vs,
@@ -166,13 +195,21 @@ def _crossing(x, y, level):
     return float(x[i - 1] + (y[i - 1] - level) / (y[i - 1] - y[i]) * (x[i] - x[i - 1]))
 
 
-def _particle_table(mask, vs, min_distance, xp):
+def _particle_table(mask, vs, min_distance, xp, particle_labels=None):
     """Split the particle mask and measure each particle (host arrays)."""
     empty = {"count": 0, "mean_diameter_nm": float("nan"), "std_diameter_nm": float("nan"),
              "volume_nm3": np.zeros(0), "diameter_nm": np.zeros(0), "centroid_nm": np.zeros((0, mask.ndim))}
     if not bool(mask.any()):
-        return empty
-    plabels, count = split_particles(mask, min_distance=min_distance)
+        return {**empty, "_labels": None, "_order": None}
+    if particle_labels is not None:
+        plabels = xp.where(mask, xp.asarray(particle_labels), 0)
+        ids, plabels = xp.unique(plabels, return_inverse=True)
+        plabels = plabels.reshape(mask.shape).astype(xp.int32)
+        count = int(ids.size) - int(bool((ids == 0).any()))
+        if not bool((ids == 0).any()):
+            plabels += 1
+    else:
+        plabels, count = split_particles(mask, min_distance=min_distance)
     flat = plabels.ravel()
     voxels = to_host(xp.bincount(flat, minlength=count + 1))[1:].astype(np.float64)
     coords = xp.indices(mask.shape, dtype=xp.float64).reshape(mask.ndim, -1)
@@ -193,4 +230,6 @@ def _particle_table(mask, vs, min_distance, xp):
         "volume_nm3": volume,
         "diameter_nm": diameter,
         "centroid_nm": centroids * vs,
+        "_labels": plabels,
+        "_order": order,
     }

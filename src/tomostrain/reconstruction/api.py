@@ -187,6 +187,9 @@ def _solver(method, geo, n_x, options):
     return run
 
 
+DART_LEVEL_ROWS = 64  # at most this many rows estimate DART's grey levels
+
+
 def _global_defaults(method, data, geo, n_x, options, where):
     """Fix the data-dependent defaults once for the whole series, so that chunks agree."""
     xp = np if where == "cpu" else _backend._cupy()
@@ -197,20 +200,20 @@ def _global_defaults(method, data, geo, n_x, options, where):
         data_max = _abs_max(data)
         options["weight"] = default_tv_weight(data_max, op, op.norm())
     if method == "dart" and options.get("levels") is None:
-        from .dart import estimate_levels
-        from .iterative import sirt
+        from .dart import phase_levels
+        from .iterative import Operator, sirt
 
         n_rows = data.shape[1]
-        sample = np.unique(np.linspace(0, n_rows - 1, min(n_rows, 16)).round().astype(int))
+        step = max(1, -(-n_rows // DART_LEVEL_ROWS))   # rows every `step`: the whole particle in 3D
+        sample = np.arange(0, n_rows, step)
         if _is_lazy(data):
             part = np.concatenate([data.read(rows=slice(int(r), int(r) + 1)) for r in sample], axis=1)
         else:
             part = _backend.to_host(data[:, sample])
         part = _backend.to_device(part, where)
-        start = sirt(part, geometry=TiltGeometry(geo.angles_deg, len(sample), geo.n_cols, center=geo.center,
-                                                shifts=geo.shifts),
-                     iterations=options.get("initial_iterations", 50), n_x=n_x)
-        options["levels"] = estimate_levels(start, options.pop("n_classes", 3))
+        sample_geo = TiltGeometry(geo.angles_deg, len(sample), geo.n_cols, center=geo.center, shifts=geo.shifts)
+        start = sirt(part, geometry=sample_geo, iterations=options.get("initial_iterations", 50), n_x=n_x)
+        options["levels"] = phase_levels(start, options.pop("n_classes", 3), part, Operator(sample_geo, n_x, xp))
 
 
 def _abs_max(data) -> float:

@@ -26,6 +26,41 @@ def estimate_levels(volume, n_classes: int = 3) -> np.ndarray:
     return np.array([host[classes == c].mean() if np.any(classes == c) else np.nan for c in range(n_classes)])
 
 
+def phase_levels(volume, n_classes: int = 3, projections=None, operator=None) -> np.ndarray:
+    """Grey levels (ascending, vacuum first) of ``n_classes`` phases from the envelope-first
+    segmentation of ``volume`` (``gpu_core.phases.segment_phases``: vacuum mode, classes inside the
+    particle envelope, the densest of 4+ classes as detected small particles), then refined by
+    projection distance minimisation (van Aarle, Batenburg & Sijbers 2011) when the data are
+    given: the levels ``rho`` minimising ``||sum_k rho_k A m_k - b||`` for the class masks
+    ``m_k``, a ``n_classes`` x ``n_classes`` least-squares problem. Falls back to the multi-Otsu
+    class means (:func:`estimate_levels`) when the volume holds no segmentable particle."""
+    from ..gpu_core.phases import segment_phases
+
+    try:
+        seg = segment_phases(volume, n_classes)
+    except InputError:
+        return estimate_levels(volume, n_classes)
+    levels = np.asarray(seg.levels, np.float64)
+    if projections is None or operator is None:
+        return levels
+    xp = backend.xp_of(volume)
+    cols = [operator.forward((seg.labels == k).astype(xp.float32)).ravel().astype(xp.float64)
+            for k in range(n_classes)]
+    present = [k for k in range(n_classes) if float(xp.abs(cols[k]).sum()) > 0]
+    a = xp.stack([cols[k] for k in present], axis=1)
+    gram = backend.to_host(a.T @ a)
+    rhs = backend.to_host(a.T @ xp.asarray(projections, dtype=xp.float64).ravel())
+    try:
+        fit = np.linalg.solve(gram, rhs)
+    except np.linalg.LinAlgError:
+        return levels
+    refined = levels.copy()
+    refined[present] = fit
+    if not np.all(np.diff(refined) > 0):  # a degenerate fit (a class nearly empty): keep the histogram levels
+        return levels
+    return refined
+
+
 def segment(volume, levels):
     """Each voxel set to the nearest of ``levels`` (ascending): thresholds half way between them."""
     xp = backend.xp_of(volume)
@@ -66,8 +101,8 @@ def dart(projections, angles_deg=None, center=None, shifts=None, *, geometry=Non
          seed=0, support=None, callback=None, n_x=None):
     """Discrete reconstruction with grey ``levels`` (ascending, background included, e.g. 0).
 
-    levels : the phases' grey values; default: multi-Otsu (``n_classes``) class means of the
-        initial SIRT reconstruction
+    levels : the phases' grey values; default: :func:`phase_levels` (``n_classes`` phases,
+        envelope-first segmentation of the initial SIRT reconstruction, refined against the data)
     iterations : DART iterations; sirt_iterations: SIRT iterations on the free voxels per DART
         iteration; initial_iterations: SIRT iterations of the start volume
     free_fraction : probability that a non-boundary voxel is also freed in an iteration
@@ -85,7 +120,7 @@ def dart(projections, angles_deg=None, center=None, shifts=None, *, geometry=Non
         raise InputError(f"free_fraction and smoothing must lie in [0, 1], got {free_fraction}, {smoothing}")
     x = sirt(b, geometry=op.geometry, iterations=initial_iterations, n_x=op.n_x, support=support)
     if levels is None:
-        levels = estimate_levels(x, n_classes)
+        levels = phase_levels(x, n_classes, b, op)
     levels = np.sort(np.asarray(levels, np.float64))
     if levels.ndim != 1 or levels.size < 2 or not np.isfinite(levels).all():
         raise InputError(f"levels must be at least 2 finite grey values, got {levels!r}")

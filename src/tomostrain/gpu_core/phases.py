@@ -1,0 +1,319 @@
+"""Envelope-first phase segmentation of a reconstructed particle, with a blob detector for the
+small dense Ni particles.
+
+Why not a histogram over the whole volume: a particle that fills a few per cent of the volume
+gives a histogram that is almost all vacuum, and Ni particles that own 1-3 % of the solid voxels
+form no mode, so global classes do not line up with phases. The steps here:
+
+1. **Vacuum level** ``mu0``: the mode of the (lightly smoothed) volume's histogram; vacuum is
+   the largest phase in any tomogram of a particle. Its noise ``sigma0`` from the spread below the
+   mode (one-sided MAD), which missing-wedge streaks (mostly positive, outside the particle) do not
+   inflate.
+2. **Envelope** (vacuum/solid): ``smooth > (mu0 + L_lowest) / 2``, the midpoint between vacuum
+   and the lightest solid phase, then holes filled and fragments smaller than 1 % of the largest
+   body (and not holding a Ni detection) removed. ``L_lowest`` comes from step 3, so 2-3 are
+   iterated from an Otsu start (3 rounds).
+3. **Classes inside the envelope**: multi-Otsu over the envelope's inner voxels only (its outer
+   voxel layer excluded: partial volume; with particle detection also the brightest 1 %, where
+   the few Ni voxels sit), giving the solid levels (medians per class) and thresholds at the
+   midpoints between them. When the densities are known (``levels``) the thresholds are their
+   midpoints instead (DART-style).
+4. **Ni particles** (``particles=True``): a scale-normalised Laplacian of Gaussian
+   (``-sum sigma^2 LoG_sigma``, sigma 1 and 1.5 voxels) responds to bright blobs of 1-4 voxel
+   radius about as strongly as their density contrast, and to a core edge or corner at most about
+   60 % of the core's (a shelled core; a bare dense corner on vacuum would count). Candidates
+   are voxels above ``blob_threshold`` x the densest body level, no deeper than ``MAX_RADIUS``
+   below the envelope surface (a Ni particle rests on the surface); markers are the LoG maxima
+   among them, joined within ``MARKER_JOIN`` voxels (one large particle, one marker); each Ni
+   particle is the marker-watershed basin of the local contrast (white top-hat, box of 9
+   voxels), within ``MAX_RADIUS`` of its marker and cut at half its peak contrast, so touching
+   particles of radius >= 2.5 voxels stay apart.
+5. Labels: uint8, 0 vacuum, then the body classes, the Ni class last (DESIGN.md §3: increasing
+   density). Voxels of the densest body class that touch a Ni particle (its blurred halo) go to
+   the class below.
+
+Runs where the volume lives (NumPy or CuPy via ``cupyx.scipy.ndimage``); the marker watershed
+runs on the host (scikit-image), on the Ni candidates' bounding region only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from .backend import to_host, xp_of
+from .filters import as_float_image, ndimage_for
+
+ENVELOPE_SIGMA = 1.0     # Gaussian smoothing for the vacuum/solid decision, voxels
+CLASS_SIGMA = 0.0        # Gaussian smoothing for the classes inside, voxels
+BLOB_SIGMAS = (1.0, 1.5)  # LoG scales of the Ni detector, voxels (radii ~1-4 voxels)
+BLOB_THRESHOLD = 0.7     # Ni marker: LoG response above this fraction of the densest body level
+MIDPOINTS = True
+HALO = True
+MARKER_JOIN = 5.0       # Ni markers closer than this (voxels) belong to one particle
+MAX_RADIUS = 4.5        # largest Ni radius the detector expects, voxels
+FRAGMENT = 20           # class fragments smaller than this (voxels) are noise
+TOPHAT_SIZE = 9          # box edge (voxels) of the local background for the Ni contrast
+
+
+@dataclass
+class PhaseSegmentation:
+    """Result of :func:`segment_phases`.
+
+    labels: uint8 on the volume's device (0 vacuum, body classes, Ni last when detected).
+    levels: host float64 grey level per label (vacuum first; the Ni level is the median peak of
+        the detected particles). thresholds: the body thresholds (vacuum/solid first).
+    envelope: boolean particle envelope (device). particles: int32 Ni particle labels (device),
+        0 elsewhere; n_particles their number.
+    """
+
+    labels: object
+    levels: np.ndarray
+    thresholds: np.ndarray
+    envelope: object
+    particles: object
+    n_particles: int
+
+
+def vacuum_level(volume) -> tuple[float, float]:
+    """``(mode, noise)`` of the vacuum: the histogram mode of ``volume`` and the one-sided
+    spread (1.4826 x median absolute deviation of the values below the mode)."""
+    arr = as_float_image(volume)
+    xp = xp_of(arr)
+    lo, hi = float(xp.percentile(arr, 0.1)), float(xp.percentile(arr, 99.9))
+    if not hi > lo:
+        raise InputError("cannot segment a constant volume")
+    counts, edges = xp.histogram(arr, bins=512, range=(lo, hi))
+    counts, edges = to_host(counts), to_host(edges)
+    k = int(np.argmax(counts))
+    mode = float((edges[k] + edges[k + 1]) / 2)
+    below = arr[arr <= mode]
+    noise = 1.4826 * float(xp.median(mode - below)) if below.size else 0.0
+    return mode, max(noise, (hi - lo) / 512)
+
+
+def _fill_and_clean(mask, keep, ndi, xp):
+    """Fill holes, drop components below 1 % of the largest that hold no ``keep`` voxel."""
+    mask = ndi.binary_fill_holes(mask)
+    comps, n = ndi.label(mask)
+    if n > 1:
+        sizes = xp.bincount(comps.ravel())
+        sizes[0] = 0
+        big = sizes >= 0.01 * sizes.max()
+        if keep is not None:
+            held = xp.bincount(comps[keep].ravel(), minlength=n + 1) > 0
+            big |= held
+        big[0] = False
+        mask = big[comps]
+    return mask
+
+
+def blob_response(volume, sigmas=BLOB_SIGMAS):
+    """Scale-normalised LoG blob response ``-sum_s s^2 LoG_s(volume)`` (float32): a bright ball of
+    radius ~1-4 voxels and density contrast c gives a peak ~c."""
+    arr = as_float_image(volume)
+    ndi = ndimage_for(xp_of(arr))
+    out = None
+    for s in sigmas:
+        r = ndi.gaussian_laplace(arr, s) * (-(s * s))
+        out = r if out is None else out + r
+    return out
+
+
+def detect_particles(volume, envelope, body_level: float, *, threshold=BLOB_THRESHOLD, min_voxels: int = 3):
+    """Small dense particles: LoG markers above ``threshold * body_level``, split by a marker
+    watershed of the local contrast and cut at half of each particle's peak contrast.
+
+    Returns ``(labels int32 on the volume's device, n)``. Only candidates inside the envelope
+    dilated by 2 voxels count (a Ni particle rests on the surface)."""
+    from skimage.segmentation import watershed
+
+    arr = as_float_image(volume)
+    xp = xp_of(arr)
+    ndi = ndimage_for(xp)
+    resp = blob_response(arr)
+    # a Ni particle rests on the surface: its centre lies outside the body or less than its
+    # radius (<= MAX_RADIUS) below the envelope's surface, never deep inside
+    near = ndi.binary_dilation(envelope, iterations=2) & (ndi.distance_transform_edt(envelope) <= MAX_RADIUS + 0.5)
+    cand = (resp > threshold * body_level) & near
+    smooth = ndi.gaussian_filter(arr, CLASS_SIGMA) if CLASS_SIGMA else arr
+    contrast = smooth - ndi.maximum_filter(ndi.minimum_filter(smooth, TOPHAT_SIZE), TOPHAT_SIZE)
+    if not bool(cand.any()):
+        return xp.zeros(arr.shape, xp.int32), 0
+    low = (contrast > 0.25 * threshold * body_level) | cand
+    # the markers and the watershed on the host, over the candidates' bounding box only
+    idx = xp.argwhere(low)
+    lo = np.maximum(to_host(idx.min(0)).astype(int) - 2, 0)
+    hi = to_host(idx.max(0)).astype(int) + 3
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    # one marker per blob: the LoG maxima (at least 3 voxels apart), joined when closer than
+    # MARKER_JOIN voxels (two maxima of one large particle); touching particles of radius
+    # >= MARKER_JOIN / 2 keep one marker each and the watershed splits them
+    ndh = ndimage_for(np)
+    resp_host = to_host(resp[box])
+    cand_host = to_host(cand[box])
+    peaks = (resp_host == ndh.maximum_filter(resp_host, size=5)) & cand_host
+    joined = ndh.binary_dilation(peaks, structure=_ball_structure((MARKER_JOIN - 1) / 2, arr.ndim)) & cand_host
+    m_host, n = ndh.label(joined, structure=np.ones((3,) * arr.ndim, bool))
+    if n == 0:
+        return xp.zeros(arr.shape, xp.int32), 0
+    c_host = to_host(contrast[box])
+    m_host = m_host.astype(np.int32)
+    reach = ndh.binary_dilation(peaks, structure=_ball_structure(MAX_RADIUS, arr.ndim))  # a particle's extent
+    mask_host = (to_host(low[box]) & reach) | joined
+    basins = watershed(-c_host, m_host, mask=mask_host)
+    peak_c = np.zeros(n + 1)
+    peak_c[1:] = ndimage_for(np).maximum(c_host, basins, np.arange(1, n + 1))
+    keep = (basins > 0) & (c_host >= 0.5 * peak_c[basins])
+    basins = np.where(keep, basins, 0)
+    sizes = np.bincount(basins.ravel(), minlength=n + 1)
+    good = sizes >= min_voxels
+    good[0] = False
+    remap = np.zeros(n + 1, np.int32)
+    remap[good] = np.arange(1, int(good.sum()) + 1)
+    out = xp.zeros(arr.shape, xp.int32)
+    out[box] = xp.asarray(remap[basins])
+    return out, int(good.sum())
+
+
+def _clean_classes(labels, body, n_body, ndi, xp):
+    """Noise islands out of the body classes, in place: a fragment of a class smaller than
+    ``FRAGMENT`` voxels that sits inside another class's region takes the class below (the
+    densest classes' specks in the shell) or above (a lighter speck enclosed in the core)."""
+    six = ndi.generate_binary_structure(labels.ndim, 1)
+    for k in range(n_body, 1, -1):  # dense specks in lighter material go one class down
+        comps, n = ndi.label(labels == k, structure=six)
+        if n:
+            small = xp.bincount(comps.ravel()) < FRAGMENT
+            small[0] = False
+            labels[small[comps]] = k - 1
+    for k in range(1, n_body):  # light specks enclosed by denser material go one class up
+        inner = body & (labels <= k)
+        comps, n = ndi.label(inner, structure=six)
+        if n:
+            sizes = xp.bincount(comps.ravel())
+            small = sizes < FRAGMENT
+            small[0] = False
+            # only islands that do not touch the vacuum
+            touching = xp.zeros(n + 1, bool)
+            edge = ndi.binary_dilation(~body, structure=six) & inner
+            touching[xp.unique(comps[edge])] = True
+            small &= ~touching
+            labels[small[comps] & (labels == k)] = k + 1
+
+
+def _ball_structure(radius: float, ndim: int):
+    r = int(np.floor(radius))
+    g = np.indices((2 * r + 1,) * ndim) - r
+    return (g**2).sum(0) <= radius**2
+
+
+def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | None = None,
+                   blob_threshold: float = BLOB_THRESHOLD) -> PhaseSegmentation:
+    """Envelope-first segmentation of a particle tomogram into ``classes`` labels (vacuum
+    included); see the module docstring for the steps.
+
+    classes: number of labels including vacuum (>= 2). particles: detect the densest class as
+        small blobs (default: ``classes >= 4``); it is then the last label.
+    levels: the known grey levels of all ``classes`` labels (ascending, vacuum first), e.g. the
+        phase densities; the thresholds are then their midpoints and no histogram is used.
+    """
+    if int(classes) != classes or not 2 <= classes <= 16:
+        raise InputError(f"classes must be an integer in [2, 16], got {classes!r}")
+    classes = int(classes)
+    particles = classes >= 4 if particles is None else bool(particles)
+    if particles and classes < 3:
+        raise InputError("particle detection needs at least 3 classes (vacuum, a body, particles)")
+    arr = as_float_image(volume)
+    if arr.ndim != 3:
+        raise InputError(f"segment_phases needs a 3D volume, got shape {arr.shape}")
+    xp = xp_of(arr)
+    ndi = ndimage_for(xp)
+    n_body = classes - 1 - int(particles)
+    if levels is not None:
+        levels = np.sort(np.asarray(levels, np.float64))
+        if levels.shape != (classes,) or not np.isfinite(levels).all():
+            raise InputError(f"levels must be {classes} finite grey values, got {levels!r}")
+    env_s = ndi.gaussian_filter(arr, ENVELOPE_SIGMA)
+    cls_s = ndi.gaussian_filter(arr, CLASS_SIGMA)
+    mu0, _ = vacuum_level(env_s)
+
+    from .segment import otsu
+
+    nip = xp.zeros(arr.shape, bool)
+    plabels, n_part = xp.zeros(arr.shape, xp.int32), 0
+    if levels is not None:
+        t_env = (levels[0] + levels[1]) / 2
+        body_levels = levels[1 : 1 + n_body]
+        envelope = _fill_and_clean(env_s > t_env, None, ndi, xp)
+        if particles:
+            plabels, n_part = detect_particles(arr, envelope, body_levels[-1], threshold=blob_threshold)
+            nip = plabels > 0
+            envelope = _fill_and_clean(envelope | nip, nip, ndi, xp)
+        body_thr = (levels[1 : n_body] + levels[2 : n_body + 1]) / 2
+    else:
+        t_env = otsu(env_s)
+        for _ in range(3):
+            envelope = _fill_and_clean(env_s > t_env, None, ndi, xp)
+            inner = ndi.binary_erosion(envelope)
+            vals = cls_s[inner]
+            if particles:  # the few Ni voxels (found after the levels) must not pull the body classes
+                vals = vals[vals <= xp.percentile(vals, 99.0)]
+            if vals.size < 10 * n_body:
+                raise InputError("the particle envelope is too small to segment (fewer than a few voxels inside)")
+            if n_body > 1:
+                body_thr = _multi_otsu_values(vals, n_body)
+            else:
+                body_thr = np.zeros(0)
+            cls_idx = xp.searchsorted(xp.asarray(body_thr, dtype=xp.float32), vals)
+            body_levels = np.array([float(xp.median(vals[cls_idx == k])) for k in range(n_body)])
+            if MIDPOINTS:
+                body_thr = (body_levels[1:] + body_levels[:-1]) / 2
+            new_t = (mu0 + body_levels[0]) / 2
+            if abs(new_t - t_env) < 1e-3 * abs(body_levels[-1]):
+                t_env = new_t
+                break
+            t_env = new_t
+        envelope = _fill_and_clean((env_s > t_env) | nip, nip if n_part else None, ndi, xp)
+        if particles:  # final detection against the final envelope and levels
+            plabels, n_part = detect_particles(arr, envelope, body_levels[-1], threshold=blob_threshold)
+            nip = plabels > 0
+            envelope = _fill_and_clean(envelope | nip, nip, ndi, xp)
+
+    labels = xp.zeros(arr.shape, xp.uint8)
+    if particles and n_part and HALO:  # a Ni particle's blur into the vacuum around it is not body
+        ring = ndi.binary_dilation(nip, iterations=2) & ~nip
+        envelope &= ~(ring & (cls_s < body_levels[0]))
+        envelope |= nip
+    body = envelope & ~nip
+    cls = xp.searchsorted(xp.asarray(body_thr, dtype=xp.float32), cls_s).astype(xp.uint8) + 1
+    labels[body] = cls[body]
+    if n_body > 1:
+        _clean_classes(labels, body, n_body, ndi, xp)
+    if particles:
+        if n_body > 1:  # the blurred halo of a Ni particle is not core
+            halo = ndi.binary_dilation(nip, iterations=1) & (labels == n_body)
+            labels[halo] = n_body - 1
+        labels[nip] = classes - 1
+        if levels is None:
+            peak = ndimage_for(xp).maximum(cls_s, plabels, xp.arange(1, n_part + 1)) if n_part else None
+            ni_level = float(xp.median(xp.asarray(peak))) if n_part else float("nan")
+            levels = np.concatenate([[mu0], body_levels, [ni_level]])
+    elif levels is None:
+        levels = np.concatenate([[mu0], body_levels])
+    thresholds = np.concatenate([[t_env], np.asarray(body_thr, np.float64)])
+    return PhaseSegmentation(labels=labels, levels=np.asarray(levels, np.float64), thresholds=thresholds,
+                             envelope=envelope, particles=plabels, n_particles=int(n_part))
+
+
+def _multi_otsu_values(vals, n: int) -> np.ndarray:
+    """Multi-Otsu thresholds of a 1-D sample (device histogram, host search)."""
+    from skimage.filters import threshold_multiotsu
+
+    xp = xp_of(vals)
+    lo, hi = float(xp.percentile(vals, 0.5)), float(xp.percentile(vals, 99.5))
+    counts, edges = xp.histogram(xp.clip(vals, lo, hi), bins=256, range=(lo, hi))
+    counts, edges = to_host(counts), to_host(edges)
+    centres = (edges[:-1] + edges[1:]) / 2
+    return np.asarray(threshold_multiotsu(hist=(counts, centres), classes=n), np.float64) + (hi - lo) / 512
