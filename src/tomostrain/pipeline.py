@@ -323,6 +323,94 @@ def _close(cube) -> None:
         handle.close()
 
 
+def kinetics(input, output, *, pixel_size_nm=None, frame_interval_s=None, vacuum="auto", backend="auto",
+             command="", job: Job | None = None) -> Path | None:
+    """Reaction-front kinetics of an in situ movie (file or ``io.Movie``): register, track the
+    front below the first frame's outline, fit x = k (t - t0)^n; write ``/kinetics``.
+
+    ``pixel_size_nm`` and ``frame_interval_s`` override the file's metadata (and are required
+    when it has none). With ``job`` given, the steps are added to that job and nothing is written.
+    """
+    from .analysis.kinetics import fit_track, track_front
+
+    params = {"kinetics": {"input": str(input) if not hasattr(input, "data") else "<movie>",
+                           "pixel_size_nm": pixel_size_nm, "frame_interval_s": frame_interval_s, "vacuum": vacuum}}
+    own = job is None
+    job = job or Job(Path(output), command, params, backend)
+    movie = input if hasattr(input, "data") else io.read_movie(Path(input))
+    px = pixel_size_nm or movie.pixel_size_nm
+    if not px:
+        raise CalibrationError(f"{input}: no pixel_size_nm in the file; give --pixel-size (nm)")
+    times = movie.time_s
+    if frame_interval_s or times is None:
+        interval = frame_interval_s or movie.frame_interval_s
+        if not interval:
+            raise CalibrationError(f"{input}: no /time_s or frame_interval_s in the file; give --frame-interval (s)")
+        times = np.arange(movie.data.shape[0]) * float(interval)
+    if not job.done("front"):
+        with job.step("front"):
+            track = track_front(movie.data, times, px, vacuum=vacuum, backend=job.backend)
+            fit = fit_track(track)
+            preview = np.unique(np.linspace(0, len(times) - 1, 4).round().astype(int))
+            job.results["kinetics"] = {
+                "time_s": np.asarray(times, np.float64), "front_nm": track.front_nm.astype(np.float64),
+                "front_width_nm": (track.width_px * px).astype(np.float64),
+                "velocity_nm_s": fit.velocity_nm_s, "shifts_px": track.shifts_px, "used_in_fit": fit.used.astype(np.uint8),
+                "depth_px": track.depth_px.astype(np.float32),
+                "preview": {"frames": np.asarray(movie.data[preview], np.float32), "index": preview},
+                "fit": {"@attrs": {"k": fit.k, "n": fit.n, "t0_s": fit.t0_s, "k_err": fit.k_err, "n_err": fit.n_err,
+                                   "t0_err": fit.t0_err, "rmse_nm": fit.rmse_nm, "n_points": fit.n_points}},
+                "@attrs": {"pixel_size_nm": float(px), "vacuum": track.vacuum, "contrast_ratio": track.rho,
+                           "k_units": "nm/s^n"}}
+    return job.finish() if own else None
+
+
+def eels(input, output, *, edge="Ni-L23", references=None, valence_from="ratio", low_loss=None, denoise="pca",
+         backend="auto", command="", job: Job | None = None) -> Path | None:
+    """EELS white-line maps of a spectrum image (file or ``io.SpectrumImage``): L3/L2, L3 onset and
+    peak, valence (``references`` = [(value, valence), (value, valence)] of ``valence_from``
+    "ratio" or "onset") and t/lambda when a low-loss spectrum image is in the file or given."""
+    from .spectral import log_ratio_thickness, valence_map, white_line_maps
+
+    if valence_from not in ("ratio", "onset"):
+        raise InputError(f"valence_from must be 'ratio' or 'onset', got {valence_from!r}")
+    params = {"eels": {"input": str(input) if not hasattr(input, "data") else "<spectrum image>", "edge": str(edge),
+                       "references": references, "valence_from": valence_from,
+                       "low_loss": None if low_loss is None else str(low_loss), "denoise": denoise}}
+    own = job is None
+    job = job or Job(Path(output), command, params, backend)
+    si = input if hasattr(input, "data") else io.read_spectrum_image(Path(input))
+    if not job.done("white_lines"):
+        with job.step("white_lines"):
+            data = be.to_device(si.data, job.backend)
+            maps = white_line_maps(data, si.energy_eV, edge, denoise=denoise)
+            out = {"l3_l2": maps.l3_l2.astype(np.float32), "l3_onset_eV": maps.l3_onset_eV.astype(np.float32),
+                   "l3_peak_eV": maps.l3_peak_eV.astype(np.float32),
+                   "background_r": maps.background_r.astype(np.float32),
+                   "@attrs": {"edge": maps.edge.name, "l3_eV": maps.edge.l3_eV,
+                              "l2_eV": maps.edge.l2_eV if maps.edge.l2_eV is not None else float("nan"),
+                              "denoise": str(denoise)}}
+            if maps.l2_peak_eV is not None:
+                out["l2_peak_eV"] = maps.l2_peak_eV.astype(np.float32)
+            if references is not None:
+                values = maps.l3_l2 if valence_from == "ratio" else maps.l3_onset_eV
+                out["valence"] = valence_map(values, references).astype(np.float32)
+                out["@attrs"]["references"] = [list(map(float, r)) for r in references]
+                out["@attrs"]["valence_from"] = valence_from
+            low, low_e = si.low_loss, si.low_loss_energy_eV
+            if low_loss is not None:
+                ll = io.read_spectrum_image(Path(low_loss))
+                low, low_e = ll.data, ll.energy_eV
+            if low is None and si.energy_eV[0] <= 0.0 <= si.energy_eV[-1]:
+                low, low_e = si.data, si.energy_eV
+            if low is not None:
+                if low.shape[:-1] != si.data.shape[:-1]:
+                    raise InputError(f"the low-loss scan {low.shape[:-1]} differs from the core-loss scan {si.data.shape[:-1]}")
+                out["thickness"] = log_ratio_thickness(be.to_device(low, job.backend), low_e).astype(np.float32)
+            job.results["eels"] = out
+    return job.finish() if own else None
+
+
 def run_job(path, command: str = "") -> Path:
     """Run a TOML job file: ``[job] output, backend`` plus ``[tomo]`` and/or ``[stem]`` sections.
 

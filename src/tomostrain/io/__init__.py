@@ -5,6 +5,7 @@ py4DSTEM EMD. Results: the HDF5 layout of DESIGN.md §4, written atomically.
 """
 from .datacube import read_datacube, write_datacube
 from .images import read_image
+from .movie import Movie, SpectrumImage, read_movie, read_spectrum_image, write_movie, write_spectrum_image
 from .results import append_results, read_results, write_results
 from .tiltseries import TiltSeries, read_tilt_series, write_tilt_series
 
@@ -18,4 +19,10 @@ __all__ = [
     "append_results",
     "read_results",
     "read_image",
+    "Movie",
+    "read_movie",
+    "write_movie",
+    "SpectrumImage",
+    "read_spectrum_image",
+    "write_spectrum_image",
 ]
