@@ -234,9 +234,12 @@ def front_profiles(frames, shifts, depth, valid, edges):
     return med, cnt
 
 
-def fit_power_law(time_s, front_nm, *, used=None, n_bounds=(0.2, 1.5)):
+def fit_power_law(time_s, front_nm, *, used=None, censored=None, limit_nm=0.0, n_bounds=(0.2, 1.5)):
     """Fit x = k (t - t0)^n to the fronts of ``used`` frames (default: every frame with a front
-    above 0), with 1-sigma errors from the Jacobian (residual-scaled). Returns ``KineticsFit``."""
+    above 0), with 1-sigma errors from the Jacobian (residual-scaled). Returns ``KineticsFit``.
+
+    ``censored`` frames (earlier, front below the detection limit ``limit_nm``) add one-sided
+    residuals ``max(model - limit_nm, 0)``: the fitted front must not be visible there."""
     from scipy.optimize import least_squares
 
     t = np.asarray(time_s, float)
@@ -245,11 +248,19 @@ def fit_power_law(time_s, front_nm, *, used=None, n_bounds=(0.2, 1.5)):
     if used.sum() < 4:
         raise InputError(f"the front moved in only {int(used.sum())} frames; a power-law fit needs at least 4")
     tu, xu = t[used], x[used]
+    tc = t[np.asarray(censored, bool)] if censored is not None else t[:0]
+
+    def resid(p):
+        r = power_law(tu, p[0], p[1], p[2]) - xu
+        if tc.size:
+            r = np.concatenate([r, np.clip(power_law(tc, p[0], p[1], p[2]) - limit_nm, 0.0, None)])
+        return r
+
     best = None
     for n0 in (0.5, 1.0):   # two starts: diffusion- and interface-limited
         t00 = tu[0] - (xu[0] / max(xu[-1], 1e-12)) ** (1 / n0) * (tu[-1] - tu[0]) * 1.01 - 1e-6
         k0 = xu[-1] / max(tu[-1] - t00, 1e-9) ** n0
-        res = least_squares(lambda p: power_law(tu, p[0], p[1], p[2]) - xu, [k0, n0, t00],
+        res = least_squares(resid, [k0, n0, t00],
                             bounds=([0, n_bounds[0], -np.inf], [np.inf, n_bounds[1], tu[0] - 1e-9]),
                             x_scale="jac")
         if best is None or res.cost < best.cost:
@@ -272,8 +283,12 @@ def fit_track(track: FrontTrack) -> KineticsFit:
     """``fit_power_law`` on the frames whose front is measurable: deeper than the detection limit
     (``DETECT_PX`` and two front widths) and short of the deepest measured bin."""
     x = track.front_px
-    used = (x > np.maximum(DETECT_PX, 2 * np.median(track.width_px))) & (x < track.max_depth_px - 3)
-    return fit_power_law(track.time_s, track.front_nm, used=used)
+    limit = max(DETECT_PX, 2 * float(np.median(track.width_px)))
+    used = (x > limit) & (x < track.max_depth_px - 3)
+    first = np.argmax(used) if used.any() else len(x)
+    censored = (np.arange(len(x)) < first) & (x <= limit)
+    return fit_power_law(track.time_s, track.front_nm, used=used, censored=censored,
+                         limit_nm=limit * track.pixel_size_nm)
 
 
 def reacted_mask(frame, shift, track: FrontTrack, frame_index: int):
@@ -342,15 +357,32 @@ def _clean(mask, min_size):
 
 
 def _vacuum_side(smooth, level, last):
-    """'bright' or 'dark': the material is the side into which the changes reach deeper."""
+    """'bright' or 'dark': the material is the side into which the changes between the first and
+    the last frame reach deeper (the front goes deeper into the sheet than the sheet swells).
+
+    Works on 1-px bins of signed distance from the first frame's outline: ``log(last / first)``
+    per bin is the gain ratio far from the outline on both sides and differs by the contrast of
+    the reacted material inside the changed band; the band's extent on each side decides."""
     if last is None:
         raise InputError("vacuum='auto' needs the last frame; give vacuum='bright' or 'dark'")
     bright = smooth > level
-    change = np.abs(ndimage.gaussian_filter(last, 1.5) / np.median(last) - smooth / np.median(smooth))
-    thr = 0.5 * abs(np.median(smooth[bright]) - np.median(smooth[~bright])) / np.median(smooth)
-    changed = change > 0.5 * thr
-    reach_bright = np.percentile(ndimage.distance_transform_edt(bright)[changed & bright], 90) if (changed & bright).any() else 0
-    reach_dark = np.percentile(ndimage.distance_transform_edt(~bright)[changed & ~bright], 90) if (changed & ~bright).any() else 0
+    d = np.where(bright, ndimage.distance_transform_edt(bright), -ndimage.distance_transform_edt(~bright))
+    bins = np.round(d).astype(int)
+    lo = bins.min()
+    lastm = ndimage.gaussian_filter(np.asarray(last, float), 1.5)
+    ratio = np.log(np.clip(lastm, 1e-9, None) / np.clip(smooth, 1e-9, None))
+    n = bins.max() - lo + 1
+    cnt = np.bincount((bins - lo).ravel(), minlength=n)
+    med = np.array([np.median(ratio[bins == b]) if c >= 8 else np.nan for b, c in zip(range(lo, lo + n), cnt)])
+    centre = np.arange(lo, lo + n)
+    ok = np.isfinite(med)
+    if ok.sum() < 6:
+        raise InputError("vacuum='auto' cannot decide on so small a movie; give vacuum='bright' or 'dark'")
+    far = np.concatenate([med[ok][:3], med[ok][-3:]])
+    base = np.median(far)
+    changed = ok & (np.abs(med - base) > 0.1)
+    reach_bright = centre[changed & (centre > 0)].max(initial=0)
+    reach_dark = -centre[changed & (centre < 0)].min(initial=0)
     return "dark" if reach_bright > reach_dark else "bright"
 
 
