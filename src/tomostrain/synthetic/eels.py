@@ -64,7 +64,7 @@ def eels_spectrum_image(scan_shape=(24, 24), *, edge_eV=855.0, spin_orbit_eV=17.
     spectra = rng.poisson(np.clip(bg + edge_signal, 0, None)).astype(np.float32)
     # truth onset: half of the L3 maximum on the rising side of the noise-free edge signal
     de = e[1] - e[0]
-    fine = np.arange(e[0], e[-1], de / 20)
+    fine = np.arange(edge_eV - 12.0, edge_eV + 12.0, de / 20)
     onset = np.empty(scan_shape)
     peak = np.empty(scan_shape)
     for idx in np.ndindex(*scan_shape):   # truth only (cheap 1D interpolations); never in the method
