@@ -110,13 +110,15 @@ def track_front(frames, time_s=None, pixel_size_nm=1.0, *, frame_interval_s=None
         raise InputError(f"pixel_size_nm must be a positive number, got {pixel_size_nm!r}")
     host = np.asarray(be.to_host(frames), np.float32)
     shifts = register_frames(host, backend=backend) if register else np.zeros((n_frames, len(shape)))
-    depth, valid, side = original_depth(host[0], vacuum=vacuum, last=_aligned(host[-1], shifts[-1]))
+    probe = max(1, n_frames // 3)  # a third in: the changes are clear, the coarse drift error still small
+    depth, valid, side = original_depth(host[0], vacuum=vacuum, last=_aligned(host[probe], shifts[probe]))
+    if register:  # frame by frame on the content that does not change: the core ahead, far vacuum
+        shifts = _register_sequential(host, depth, valid, backend)
     result = _measure(host, shifts, depth, valid)
-    if register:  # refine on the content that does not change: the core ahead of the front, far vacuum
-        for margin in REFINE_MARGINS_PX:
-            weights = _stable_weights(depth, valid, result[0], result[1], result[5], margin)
-            shifts = register_frames(host, backend=backend, weights=weights, initial=shifts, max_shift=margin)
-            result = _measure(host, shifts, depth, valid)
+    if register:  # once more with the fronts of the global model
+        weights = _stable_weights(depth, valid, result[0], result[1], result[5], REFINE_MARGINS_PX[-1])
+        shifts = register_frames(host, backend=backend, weights=weights, initial=shifts, max_shift=REFINE_MARGINS_PX[-1])
+        result = _measure(host, shifts, depth, valid)
     x, w, rho, levels, dmax, _swell = result
     return FrontTrack(time_s=time_s, front_nm=x * pixel_size_nm, front_px=x, width_px=w, shifts_px=shifts,
                       depth_px=depth, rho=rho, vacuum=side, pixel_size_nm=float(pixel_size_nm),
@@ -134,7 +136,8 @@ def track_front_volumes(volumes, time_s=None, voxel_size_nm=1.0, *, interval_s=N
                        register=register, backend=backend)
 
 
-def register_frames(frames, *, backend="auto", weights=None, initial=None, max_shift=None, chunk_bytes=256 << 20):
+def register_frames(frames, *, backend="auto", weights=None, initial=None, max_shift=None, reference=None,
+                    chunk_bytes=256 << 20):
     """(n, ndim) shifts ``d_t`` with ``frame_t(p + d_t) ~ frame_0(p)`` (pixels).
 
     Without ``weights``: each frame against the one before (whitened, band-passed FFT
@@ -142,8 +145,9 @@ def register_frames(frames, *, backend="auto", weights=None, initial=None, max_s
     little, so the moving outline and front hardly bias a step (a coarse estimate, errors of a
     few pixels after hundreds of frames). With ``weights`` (n, *shape) in frame-0 coordinates
     (1 on content that does not change) and the ``initial`` shifts: each frame, moved by its
-    rounded initial shift into frame-0 coordinates, against frame 0 itself, both high-passed
-    (structures above 3 px removed, so the mask's edge carries no step) and masked alike.
+    rounded initial shift into frame-0 coordinates, against frame 0 itself (or ``reference``),
+    both high-passed (structures above 3 px removed, so the mask's edge carries no step) and
+    masked alike.
     """
     where = be.resolve(backend)
     frames = np.asarray(frames, np.float32)
@@ -158,7 +162,7 @@ def register_frames(frames, *, backend="auto", weights=None, initial=None, max_s
             prev = be.to_device(frames[a - 1:b - 1], where)
             out[a:b] = shift_nd(imgs, prev, be.xp_of(imgs), whiten=True, lowpass_px=1.0, highpass_px=16.0)
         return np.cumsum(out, 0)
-    ref = be.to_device(_highpass(frames[0]), where)
+    ref = be.to_device(_highpass(frames[0] if reference is None else reference), where)
     xp = be.xp_of(ref)
     for a in range(0, n, step):
         b = min(n, a + step)
@@ -168,7 +172,8 @@ def register_frames(frames, *, backend="auto", weights=None, initial=None, max_s
                      whiten=True, lowpass_px=1.0, max_shift=max_shift)
         enough = np.asarray(weights[a:b]).reshape(b - a, -1).mean(1) > MIN_STABLE_FRACTION
         out[a:b] = np.where(enough[:, None] & np.isfinite(d).all(1)[:, None], d + r, initial[a:b])
-    out -= out[0]
+    if reference is None:
+        out -= out[0]
     return out
 
 
@@ -378,11 +383,23 @@ def _vacuum_side(smooth, level, last):
     ok = np.isfinite(med)
     if ok.sum() < 6:
         raise InputError("vacuum='auto' cannot decide on so small a movie; give vacuum='bright' or 'dark'")
-    far = np.concatenate([med[ok][:3], med[ok][-3:]])
-    base = np.median(far)
-    changed = ok & (np.abs(med - base) > 0.1)
-    reach_bright = centre[changed & (centre > 0)].max(initial=0)
-    reach_dark = -centre[changed & (centre < 0)].min(initial=0)
+    def reach(sign):
+        """Extent (px) of the changed band from the outline into one side, against that side's far end."""
+        side = ok & (centre * sign > 0)
+        if side.sum() < 4:
+            return 0
+        vals = med[side] if sign > 0 else med[side][::-1]      # from the outline outwards
+        base = np.median(vals[-3:])
+        changed = np.abs(vals - base) > 0.1
+        run = 0
+        for i, c in enumerate(changed):                        # 1D, a few dozen bins
+            if c:
+                run = i + 1
+            elif i - run >= 2:
+                break
+        return run
+
+    reach_bright, reach_dark = reach(1), reach(-1)
     return "dark" if reach_bright > reach_dark else "bright"
 
 
@@ -468,12 +485,45 @@ def _grid_fit(y, wts, centres, rho, deepest):
     return out_x, out_w, out_a, out_b
 
 
+def _register_sequential(frames, depth, valid, backend, margin=6.0, search=4.0):
+    """Shifts frame by frame: frame t against frame 0, masked to the content that frame t-1 showed
+    stable (core deeper than its front, vacuum beyond its swollen outline, each ``margin`` px
+    clear), searched within ``search`` px of frame t-1's shift; each frame's front and outline
+    then come from its own profile with free levels (only to place the next mask)."""
+    n = frames.shape[0]
+    shifts = np.zeros((n, depth.ndim))
+    dmin = float(np.floor(depth[valid].min()))
+    dmax = float(np.ceil(depth[valid].max()))
+    edges = np.arange(dmin, dmax + BIN_PX, BIN_PX)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    x_prev = sw_prev = 0.0
+    for t in range(1, n):
+        keep = (depth > x_prev + margin) | (depth < -sw_prev - margin)
+        # every pixel may anchor the registration (beyond ``valid`` the depth is only an upper bound)
+        weights = ndimage.gaussian_filter(keep.astype(np.float32), 2.0)[None]
+        shifts[t] = register_frames(frames[t:t + 1], backend=backend, weights=weights, initial=shifts[t - 1:t],
+                                    max_shift=search, reference=frames[0])[0]
+        med, cnt = front_profiles(frames[t:t + 1], shifts[t:t + 1], depth, valid, edges)
+        good = cnt >= MIN_BIN_COUNT
+        inside = (centres >= D_LO_PX)[None, :] & good
+        outside = (centres <= -D_LO_PX)[None, :] & good
+        if inside.sum() >= 6:
+            deepest = float(centres[inside[0]].max())
+            x = _grid_fit(np.where(inside, med, 0.0), np.where(inside, np.sqrt(cnt), 0.0), centres, None, deepest)[0][0]
+            x_prev = float(np.clip(x, x_prev, x_prev + margin))
+        if outside.sum() >= 6:
+            far = float(-centres[outside[0]].min())
+            sw = _grid_fit(np.where(outside, med, 0.0)[:, ::-1], np.where(outside, np.sqrt(cnt), 0.0)[:, ::-1],
+                           -centres[::-1], None, far)[0][0]
+            sw_prev = float(np.clip(sw, sw_prev, sw_prev + margin))
+    return shifts
+
+
 def _stable_weights(depth, valid, x, w, swell, margin):
     """(n, *shape) weights in frame-0 coordinates: 1 on the core ahead of each frame's front and
     on the vacuum beyond the swollen outline, 0 on the band that reacts or swells, tapered."""
     out = np.empty((len(x),) + depth.shape, np.float32)
     for t in range(len(x)):
         keep = (depth > max(x[t], 0.0) + 2 * w[t] + margin) | (depth < -swell[t] - 2 * w[t] - margin)
-        keep &= valid
         out[t] = ndimage.gaussian_filter(keep.astype(np.float32), 2.0)
     return out
