@@ -110,8 +110,10 @@ def track_front(frames, time_s=None, pixel_size_nm=1.0, *, frame_interval_s=None
         raise InputError(f"pixel_size_nm must be a positive number, got {pixel_size_nm!r}")
     host = np.asarray(be.to_host(frames), np.float32)
     shifts = register_frames(host, backend=backend) if register else np.zeros((n_frames, len(shape)))
-    probe = max(1, n_frames // 3)  # a third in: the changes are clear, the coarse drift error still small
-    depth, valid, side = original_depth(host[0], vacuum=vacuum, last=_aligned(host[probe], shifts[probe]))
+    # early-ish frames: the changes are clear while the coarse (chained) drift error is still small
+    probes = sorted({max(1, n_frames // d) for d in (8, 6, 4, 3)})
+    later = [_aligned(host[p], shifts[p]) for p in probes]
+    depth, valid, side = original_depth(host[0], vacuum=vacuum, last=later)
     if register:  # frame by frame on the content that does not change: the core ahead, far vacuum
         shifts = _register_sequential(host, depth, valid, backend)
     result = _measure(host, shifts, depth, valid)
@@ -370,6 +372,14 @@ def _vacuum_side(smooth, level, last):
     the reacted material inside the changed band; the band's extent on each side decides."""
     if last is None:
         raise InputError("vacuum='auto' needs the last frame; give vacuum='bright' or 'dark'")
+    if isinstance(last, (list, tuple)):  # several later frames vote by the difference of their reaches
+        votes = [_reach_difference(smooth, level, f) for f in last]
+        return "dark" if sum(votes) > 0 else "bright"
+    return "dark" if _reach_difference(smooth, level, last) > 0 else "bright"
+
+
+def _reach_difference(smooth, level, last):
+    """How much deeper (px) the changes reach into the bright side than into the dark side."""
     bright = smooth > level
     d = np.where(bright, ndimage.distance_transform_edt(bright), -ndimage.distance_transform_edt(~bright))
     bins = np.round(d).astype(int)
@@ -382,7 +392,7 @@ def _vacuum_side(smooth, level, last):
     centre = np.arange(lo, lo + n)
     ok = np.isfinite(med)
     if ok.sum() < 6:
-        raise InputError("vacuum='auto' cannot decide on so small a movie; give vacuum='bright' or 'dark'")
+        return 0
     def reach(sign):
         """Extent (px) of the changed band from the outline into one side, against that side's far end."""
         side = ok & (centre * sign > 0)
@@ -399,8 +409,7 @@ def _vacuum_side(smooth, level, last):
                 break
         return run
 
-    reach_bright, reach_dark = reach(1), reach(-1)
-    return "dark" if reach_bright > reach_dark else "bright"
+    return reach(1) - reach(-1)
 
 
 def _measure(frames, shifts, depth, valid):
