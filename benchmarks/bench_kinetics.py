@@ -18,8 +18,8 @@ from tomostrain.synthetic.movie import reaction_movie
 
 
 def run(out_dir, quick: bool = False, backend: str = "cpu") -> Path:
-    size, frames = (256, 24) if quick else (1024, 24)
-    movie, truth = reaction_movie((size, size), frames, outline="disc", n=0.5, drift_px=0.0, ni_dots=200, seed=41,
+    size, frames = (256, 16) if quick else (1024, 12)
+    movie, truth = reaction_movie((size, size), frames, outline="disc", n=0.5, drift_px=0.0, ni_dots=200, seed=41, final_depth_px=80,
                                   frame_interval_s=2.0)
     rows = []
     for register in (False, True):
