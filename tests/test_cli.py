@@ -186,7 +186,7 @@ def test_bench_hands_its_options_to_the_suite_runner(monkeypatch, tmp_path, caps
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     assert cli.main(["bench", "--only", "nosuch"]) == 2
-    assert "have disks, projector, tomo, virtual" in capsys.readouterr().err
+    assert "have disks, " in capsys.readouterr().err  # the list grows as suites are added
     monkeypatch.chdir(tmp_path)                                  # not a checkout: one clear line
     assert cli.main(["bench", "--quick"]) == 2
     assert "source checkout" in capsys.readouterr().err
