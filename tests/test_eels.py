@@ -68,6 +68,10 @@ def test_peer_exspy_model_fit_on_same_spectra():
     """exspy/hyperspy model (power law + 2 Gaussians + 2 arctan steps) on a few positions."""
     hs = pytest.importorskip("hyperspy.api")
     pytest.importorskip("exspy")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks.bench_eels import exspy_ratios
 
     s, e, tr = eels_spectrum_image((3, 3), seed=21)
