@@ -136,7 +136,7 @@ def test_job_resumes_from_checkpoint(tmp_path, monkeypatch):
 def test_job_file_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[job]\noutput = 'x.h5'\n")
-    with pytest.raises(Exception, match=r"\[tomo\], \[stem\] and/or \[xanes\]"):
+    with pytest.raises(Exception, match=r"one or more of \[tomo\], \[stem\], \[xanes\], \[kinetics\], \[eels\]"):
         pipeline.run_job(bad)
     bad.write_text("[job\n")
     with pytest.raises(Exception, match="not valid TOML"):

@@ -78,6 +78,17 @@ def _offset(text: str):
         raise argparse.ArgumentTypeError(f"expected auto, none or a number, got {text!r}") from None
 
 
+def _references(text: str):
+    """'2.9=2,2.2=0' -> [(2.9, 2.0), (2.2, 0.0)]."""
+    try:
+        pairs = [tuple(float(v) for v in item.split("=")) for item in text.split(",")]
+    except ValueError:
+        pairs = []
+    if len(pairs) != 2 or any(len(p) != 2 for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected two references 'VALUE=VALENCE,VALUE=VALENCE', got {text!r}")
+    return pairs
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tomostrain", description="Tomography and 4D-STEM strain mapping for in situ TEM.")
     p.add_argument("--version", action="version", version=f"tomostrain {__version__}")
@@ -170,6 +181,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
     add_cluster_option(s)
 
+    k = sub.add_parser("kinetics", help="reaction-front depth below the first frame's outline in an in situ movie, "
+                                        "and the fit x = k (t - t0)^n")
+    k.add_argument("input", type=Path, help="movie: HDF5 /data (frames, y, x) [+ /time_s], TIFF or DM3/DM4 stack")
+    k.add_argument("-o", "--output", type=Path, required=True, help="result file (.h5)")
+    k.add_argument("--pixel-size", type=float, default=None, metavar="NM", help="pixel size (nm); default from the file")
+    k.add_argument("--frame-interval", type=float, default=None, metavar="S",
+                   help="seconds between frames; default /time_s or the file's frame_interval_s")
+    k.add_argument("--vacuum", default="auto", choices=["auto", "bright", "dark"],
+                   help="vacuum is bright (bright-field TEM) or dark (HAADF/DF); auto: decided from the movie")
+    k.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
+
+    e = sub.add_parser("eels", help="EELS white-line maps of a spectrum image: L3/L2, L3 onset, valence, t/lambda")
+    e.add_argument("input", type=Path, help="spectrum image (scan_y, scan_x, energy): HDF5, DM3/DM4 or EMD")
+    e.add_argument("-o", "--output", type=Path, required=True, help="result file (.h5)")
+    e.add_argument("--edge", default="Ni-L23",
+                   help="Mn-L23, Fe-L23, Co-L23, Ni-L23, Cu-L23, O-K, or a user edge 'L3_eV:L2_eV' (default Ni-L23)")
+    e.add_argument("--references", type=_references, default=None, metavar="V1=VAL1,V2=VAL2",
+                   help="two references for the valence map, e.g. '2.9=2,2.2=0' (L3/L2 ratio = valence)")
+    e.add_argument("--valence-from", default="ratio", choices=["ratio", "onset"],
+                   help="the references give L3/L2 ratios (default) or L3 onsets (eV)")
+    e.add_argument("--low-loss", type=Path, default=None, help="low-loss spectrum image for t/lambda (log-ratio)")
+    e.add_argument("--no-denoise", action="store_true", help="skip the PCA denoising of the spectra")
+    e.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
+
     r = sub.add_parser("run", help="run a TOML job file (the batch form of tomo and stem)")
     r.add_argument("job", type=Path)
     add_cluster_option(r)
@@ -237,6 +272,15 @@ def _dispatch(args, command: str) -> int:
             shape=args.shape, dtype=args.dtype, backend=args.backend, command=command, scan_shape=args.scan_shape,
             cluster=args.cluster,
         )
+        return 0
+    if args.command == "kinetics":
+        pipeline.kinetics(args.input, args.output, pixel_size_nm=args.pixel_size, frame_interval_s=args.frame_interval,
+                          vacuum=args.vacuum, backend=args.backend, command=command)
+        return 0
+    if args.command == "eels":
+        pipeline.eels(args.input, args.output, edge=args.edge, references=args.references,
+                      valence_from=args.valence_from, low_loss=args.low_loss,
+                      denoise=None if args.no_denoise else "pca", backend=args.backend, command=command)
         return 0
     if args.command == "run":
         pipeline.run_job(args.job, command=command, cluster=args.cluster)

@@ -729,6 +729,101 @@ def _close(cube) -> None:
 
 
 @safety.entry_point
+def kinetics(input, output, *, pixel_size_nm=None, frame_interval_s=None, vacuum="auto", backend="auto",
+             command="", job: Job | None = None) -> Path | None:
+    """Reaction-front kinetics of an in situ movie (file or ``io.Movie``): register, track the
+    front below the first frame's outline, fit x = k (t - t0)^n; write ``/kinetics``.
+
+    ``pixel_size_nm`` and ``frame_interval_s`` override the file's metadata (and are required
+    when it has none). With ``job`` given, the steps are added to that job and nothing is written.
+    """
+    from .analysis.kinetics import fit_track, track_front
+
+    validation.check("kinetics", {"input": "<movie>" if hasattr(input, "data") else input,
+                                  "pixel_size_nm": pixel_size_nm, "frame_interval_s": frame_interval_s,
+                                  "vacuum": vacuum})
+    params = {"kinetics": {"input": str(input) if not hasattr(input, "data") else "<movie>",
+                           "pixel_size_nm": pixel_size_nm, "frame_interval_s": frame_interval_s, "vacuum": vacuum}}
+    own = job is None
+    job = job or Job(Path(output), command, params, backend)
+    movie = input if hasattr(input, "data") else io.read_movie(Path(input))
+    px = pixel_size_nm or movie.pixel_size_nm
+    if not px:
+        raise CalibrationError(f"{input}: no pixel_size_nm in the file; give --pixel-size (nm)")
+    times = movie.time_s
+    if frame_interval_s or times is None:
+        interval = frame_interval_s or movie.frame_interval_s
+        if not interval:
+            raise CalibrationError(f"{input}: no /time_s or frame_interval_s in the file; give --frame-interval (s)")
+        times = np.arange(movie.data.shape[0]) * float(interval)
+    if not job.done("front"):
+        with job.step("front"):
+            track = track_front(movie.data, times, px, vacuum=vacuum, backend=job.backend)
+            fit = fit_track(track)
+            preview = np.unique(np.linspace(0, len(times) - 1, 4).round().astype(int))
+            job.results["kinetics"] = {
+                "time_s": np.asarray(times, np.float64), "front_nm": track.front_nm.astype(np.float64),
+                "front_width_nm": (track.width_px * px).astype(np.float64),
+                "velocity_nm_s": fit.velocity_nm_s, "shifts_px": track.shifts_px, "used_in_fit": fit.used.astype(np.uint8),
+                "depth_px": track.depth_px.astype(np.float32),
+                "preview": {"frames": np.asarray(movie.data[preview], np.float32), "index": preview},
+                "fit": {"@attrs": {"k": fit.k, "n": fit.n, "t0_s": fit.t0_s, "k_err": fit.k_err, "n_err": fit.n_err,
+                                   "t0_err": fit.t0_err, "rmse_nm": fit.rmse_nm, "n_points": fit.n_points}},
+                "@attrs": {"pixel_size_nm": float(px), "vacuum": track.vacuum, "contrast_ratio": track.rho,
+                           "k_units": "nm/s^n"}}
+    return job.finish() if own else None
+
+
+@safety.entry_point
+def eels(input, output, *, edge="Ni-L23", references=None, valence_from="ratio", low_loss=None, denoise="pca",
+         backend="auto", command="", job: Job | None = None) -> Path | None:
+    """EELS white-line maps of a spectrum image (file or ``io.SpectrumImage``): L3/L2, L3 onset and
+    peak, valence (``references`` = [(value, valence), (value, valence)] of ``valence_from``
+    "ratio" or "onset") and t/lambda when a low-loss spectrum image is in the file or given."""
+    from .spectral import log_ratio_thickness, valence_map, white_line_maps
+
+    validation.check("eels", {"input": "<spectrum image>" if hasattr(input, "data") else input, "edge": str(edge),
+                              "references": None if references is None else [list(map(float, r)) for r in references],
+                              "valence_from": valence_from, "low_loss": None if low_loss is None else str(low_loss),
+                              "denoise": denoise})
+    params = {"eels": {"input": str(input) if not hasattr(input, "data") else "<spectrum image>", "edge": str(edge),
+                       "references": references, "valence_from": valence_from,
+                       "low_loss": None if low_loss is None else str(low_loss), "denoise": denoise}}
+    own = job is None
+    job = job or Job(Path(output), command, params, backend)
+    si = input if hasattr(input, "data") else io.read_spectrum_image(Path(input))
+    if not job.done("white_lines"):
+        with job.step("white_lines"):
+            data = be.to_device(si.data, job.backend)
+            maps = white_line_maps(data, si.energy_eV, edge, denoise=denoise)
+            out = {"l3_l2": maps.l3_l2.astype(np.float32), "l3_onset_eV": maps.l3_onset_eV.astype(np.float32),
+                   "l3_peak_eV": maps.l3_peak_eV.astype(np.float32),
+                   "background_r": maps.background_r.astype(np.float32),
+                   "@attrs": {"edge": maps.edge.name, "l3_eV": maps.edge.l3_eV,
+                              "l2_eV": maps.edge.l2_eV if maps.edge.l2_eV is not None else float("nan"),
+                              "denoise": str(denoise)}}
+            if maps.l2_peak_eV is not None:
+                out["l2_peak_eV"] = maps.l2_peak_eV.astype(np.float32)
+            if references is not None:
+                values = maps.l3_l2 if valence_from == "ratio" else maps.l3_onset_eV
+                out["valence"] = valence_map(values, references).astype(np.float32)
+                out["@attrs"]["references"] = [list(map(float, r)) for r in references]
+                out["@attrs"]["valence_from"] = valence_from
+            low, low_e = si.low_loss, si.low_loss_energy_eV
+            if low_loss is not None:
+                ll = io.read_spectrum_image(Path(low_loss))
+                low, low_e = ll.data, ll.energy_eV
+            if low is None and si.energy_eV[0] <= 0.0 <= si.energy_eV[-1]:
+                low, low_e = si.data, si.energy_eV
+            if low is not None:
+                if low.shape[:-1] != si.data.shape[:-1]:
+                    raise InputError(f"the low-loss scan {low.shape[:-1]} differs from the core-loss scan {si.data.shape[:-1]}")
+                out["thickness"] = log_ratio_thickness(be.to_device(low, job.backend), low_e).astype(np.float32)
+            job.results["eels"] = out
+    return job.finish() if own else None
+
+
+@safety.entry_point
 def run_job(path, command: str = "", cluster=None) -> Path:
     """Run a TOML job file: ``[job] output, backend`` plus ``[tomo]`` and/or ``[stem]`` sections,
     and optionally ``[cluster]`` (``address = "local:4" | "tcp://HOST:PORT" | "slurm" | "cuda"``
@@ -765,7 +860,7 @@ def run_job(path, command: str = "", cluster=None) -> Path:
     spec = validation.read_job_file(path)  # every section, key, type and range, before any work
     base = path.parent
     settings = spec.get("job", {})
-    sections = {k: dict(spec[k]) for k in ("tomo", "stem", "xanes") if k in spec}
+    sections = {k: dict(spec[k]) for k in validation.WORK_SECTIONS if k in spec}
     for name, section in sections.items():
         for key in validation.path_fields(name):  # relative paths are taken from the job file's folder
             value = section.get(key)
@@ -787,6 +882,10 @@ def run_job(path, command: str = "", cluster=None) -> Path:
             stem(output=None, job=job, **s)
         if "xanes" in sections:
             xanes(output=None, job=job, **sections["xanes"])
+        if "kinetics" in sections:
+            kinetics(output=None, job=job, **sections["kinetics"])
+        if "eels" in sections:
+            eels(output=None, job=job, **sections["eels"])
     return job.finish()
 
 
@@ -795,6 +894,8 @@ def run_job(path, command: str = "", cluster=None) -> Path:
 DEMO_TILT = dict(shape=(64, 128, 128), angles=(-70.0, 70.0, 2.0), dose=2000.0, pixel_size_nm=0.8,
                  drift_px=0.8, center_offset_px=2.5, tilt_axis_deg=4.0)
 DEMO_SCAN = dict(scan_shape=(48, 48), detector_shape=(128, 128))
+# a small in situ movie: diffusion-limited front, stage drift, swelling, fading, Ni dots
+DEMO_MOVIE = dict(shape=(64, 64), n_frames=40, n=0.5, frame_interval_s=1.0, drift_px=6.0, outline="disc", seed=7)
 
 
 @safety.entry_point
@@ -825,15 +926,19 @@ def demo(output="demo_out", backend: str = "auto", command: str = "tomostrain de
     cube, stem_truth = synthetic.nanobeam_4dstem(**DEMO_SCAN, seed=0)
     io.write_datacube(cube, out / "scan.h5", q_pixel_size=stem_truth["q_pixel_size"], scan_step_nm=2.0)
 
-    job = Job(out / "results.h5", command, {"demo": {"tilt": DEMO_TILT, "scan": DEMO_SCAN}}, backend)
+    movie, movie_truth = synthetic.reaction_movie(**DEMO_MOVIE)
+    io.write_movie(out / "movie.h5", movie, time_s=movie_truth.time_s, pixel_size_nm=movie_truth.pixel_size_nm)
+
+    job = Job(out / "results.h5", command, {"demo": {"tilt": DEMO_TILT, "scan": DEMO_SCAN, "movie": DEMO_MOVIE}}, backend)
     tomo(out / "tilt_series.h5", None, method="tv", segment=4, align=True, job=job)
     stem(out / "scan.h5", None, job=job)
     xanes_truth = _demo_xanes_files(out)
     xanes(out / "txm_xanes.h5", None, references=[out / "Ni.csv", out / "NiO.csv"], method="fbp", job=job)
+    kinetics(out / "movie.h5", None, job=job)
     path = job.finish()
     results = io.read_results(path)
     write_report(results, out / "report.html", title="tomostrain demo: sodiated NiO (synthetic)")
-    _print_scorecard(results, truth, tilt_truth, stem_truth, job)
+    _print_scorecard(results, truth, tilt_truth, stem_truth, job, movie_truth)
     _print_xanes_scorecard(results, xanes_truth, job)
     return path
 
@@ -870,7 +975,7 @@ def _print_xanes_scorecard(results: dict, sim, job: Job) -> None:
     job._print(table)
 
 
-def _print_scorecard(results: dict, truth, tilt_truth: dict, stem_truth: dict, job: Job) -> None:
+def _print_scorecard(results: dict, truth, tilt_truth: dict, stem_truth: dict, job: Job, movie_truth=None) -> None:
     """Measured numbers next to the synthetic ground truth."""
     from rich.table import Table
 
@@ -906,6 +1011,15 @@ def _print_scorecard(results: dict, truth, tilt_truth: dict, stem_truth: dict, j
             table.add_row(f"{key} RMSE in NiO (%)", f"{100 * err:.3f}", "0")
         err = np.sqrt(np.mean((strain["theta"][inside] - stem_truth["theta"][inside]) ** 2))
         table.add_row("rotation RMSE in NiO (°)", f"{err:.3f}", "0")
+    kin = results.get("kinetics", {})
+    if movie_truth is not None and "front_nm" in kin:
+        fit = kin["fit"]["@attrs"]
+        table.add_row("kinetics: k (nm/s^n)", f"{float(fit['k']):.3f} ± {float(fit['k_err']):.3f}", f"{movie_truth.k:.3f}")
+        table.add_row("kinetics: n", f"{float(fit['n']):.3f} ± {float(fit['n_err']):.3f}", f"{movie_truth.n:.3f}")
+        table.add_row("kinetics: t0 (s)", f"{float(fit['t0_s']):.2f} ± {float(fit['t0_err']):.2f}", f"{movie_truth.t0_s:.2f}")
+        moved = movie_truth.front_nm > 2
+        err = np.sqrt(np.nanmean((kin["front_nm"][moved] - movie_truth.front_nm[moved]) ** 2))
+        table.add_row("kinetics: front depth RMSE (nm)", f"{err:.2f}", "0")
     job._print(table)
 
 

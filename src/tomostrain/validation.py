@@ -156,6 +156,27 @@ class XanesOptions(Section):
     fit: Literal["projection", "volume"] = "projection"
 
 
+class KineticsOptions(Section):
+    """``tomostrain kinetics`` / ``[kinetics]``."""
+
+    input: str = Field(min_length=1, json_schema_extra={"path": True})
+    pixel_size_nm: Optional[Positive] = Field(None, **_cli("--pixel-size"))
+    frame_interval_s: Optional[Positive] = Field(None, **_cli("--frame-interval"))
+    vacuum: Literal["auto", "bright", "dark"] = Field("auto", **_cli("--vacuum"))
+
+
+class EelsOptions(Section):
+    """``tomostrain eels`` / ``[eels]``."""
+
+    input: str = Field(min_length=1, json_schema_extra={"path": True})
+    edge: str = Field("Ni-L23", min_length=1, **_cli("--edge"))
+    references: Optional[Annotated[list[Annotated[list[Finite], Field(min_length=2, max_length=2)]],
+                                   Field(min_length=2, max_length=2)]] = Field(None, **_cli("--references"))
+    valence_from: Literal["ratio", "onset"] = Field("ratio", **_cli("--valence-from"))
+    low_loss: Optional[str] = Field(None, min_length=1, **_cli("--low-loss", path=True))
+    denoise: Optional[Literal["pca"]] = "pca"
+
+
 class ClusterSettings(Section):
     """``[cluster]``: where chunks run (``distributed.dask_executor.parse``); SLURM keys pass to
     dask-jobqueue's SLURMCluster."""
@@ -179,9 +200,10 @@ class ClusterSettings(Section):
 
 #: job-file sections (and commands) -> their model; add new commands here
 SECTIONS: dict[str, type[Section]] = {"job": JobSettings, "tomo": TomoOptions, "stem": StemOptions,
-                                      "xanes": XanesOptions, "cluster": ClusterSettings}
+                                      "xanes": XanesOptions, "kinetics": KineticsOptions, "eels": EelsOptions,
+                                      "cluster": ClusterSettings}
 #: sections of which a job file needs at least one
-WORK_SECTIONS = ("tomo", "stem", "xanes")
+WORK_SECTIONS = ("tomo", "stem", "xanes", "kinetics", "eels")
 
 
 def _plain(value):
@@ -296,7 +318,7 @@ def read_job_file(path) -> dict:
         if not isinstance(v, dict):
             raise InputError(f"job file {path}: {k} must be a [{k}] section, not a value ({v!r})")
     if not any(k in spec for k in WORK_SECTIONS):
-        raise InputError(f"job file {path} needs [job] and [tomo], [stem] and/or [xanes] sections; found "
+        raise InputError(f"job file {path} needs [job] and one or more of [tomo], [stem], [xanes], [kinetics], [eels]; found "
                          f"{', '.join('[' + k + ']' for k in spec) or 'none'}")
     if "job" not in spec:
         raise InputError(f"job file {path}: [job] output = 'RESULT.h5' is required")

@@ -9,6 +9,7 @@ atomically.
 from . import imod
 from .datacube import check_datacube, read_datacube, write_datacube
 from .images import read_image
+from .movie import Movie, SpectrumImage, read_movie, read_spectrum_image, write_movie, write_spectrum_image
 from .results import append_results, read_results, write_results
 from .tiltseries import TiltSeries, TiltSource, open_tilt_series, read_tilt_series, write_tilt_series
 from . import xray
@@ -32,4 +33,10 @@ __all__ = [
     "read_xanes",
     "read_reference_spectra",
     "write_xray_scan",
+    "Movie",
+    "read_movie",
+    "write_movie",
+    "SpectrumImage",
+    "read_spectrum_image",
+    "write_spectrum_image",
 ]

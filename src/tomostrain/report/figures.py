@@ -38,6 +38,18 @@ def result_figures(results: dict) -> list[tuple[str, object]]:
     if "labels" in phase:
         figs.append(("Phase map", _phase(phase)))
     figs.extend(_xanes_figures(results.get("xanes", {})))
+    kinetics = results.get("kinetics", {})
+    if "front_nm" in kinetics:
+        figs.append(("Kinetics: front depth below the original surface and the fit x = k (t - t0)^n", _front(kinetics)))
+        if "preview" in kinetics and "depth_px" in kinetics:
+            figs.append(("Kinetics: frames with the original outline (white) and the front (red)", _front_frames(kinetics)))
+    eels = results.get("eels", {})
+    if "l3_l2" in eels:
+        maps = {"L3/L2": eels["l3_l2"], "L3 onset (eV)": eels["l3_onset_eV"]}
+        for key, name in (("valence", "valence"), ("thickness", "t/lambda")):
+            if key in eels:
+                maps[name] = eels[key]
+        figs.append(("EELS: white-line ratio, L3 onset, valence and thickness maps", _maps(maps, "viridis")))
     return figs
 
 
@@ -73,6 +85,51 @@ def _xanes_figures(xanes: dict) -> list:
         ax.legend(fontsize=7)
         figs.append(("XANES: spectra at selected voxels (points: measured, lines: NNLS fit)", fig))
     return figs
+
+
+def _front(kinetics: dict):
+    import matplotlib.pyplot as plt
+
+    t = np.asarray(kinetics["time_s"])
+    x = np.asarray(kinetics["front_nm"])
+    fit = kinetics.get("fit", {}).get("@attrs", {})
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), constrained_layout=True)
+    used = np.asarray(kinetics.get("used_in_fit", np.ones_like(x)), bool)
+    ax.plot(t[~used], x[~used], ".", color="0.6", label="not fitted")
+    ax.plot(t[used], x[used], ".", label="front")
+    if "k" in fit:
+        k, n, t0 = (float(fit[key]) for key in ("k", "n", "t0_s"))
+        tt = np.linspace(t[0], t[-1], 400)
+        ax.plot(tt, k * np.clip(tt - t0, 0, None) ** n, "-",
+                label=f"k = {k:.3g} ± {float(fit.get('k_err', np.nan)):.2g} nm/s^n, n = {n:.3f} ± "
+                      f"{float(fit.get('n_err', np.nan)):.3f}, t0 = {t0:.2f} s")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("front depth (nm)")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _front_frames(kinetics: dict):
+    import matplotlib.pyplot as plt
+
+    frames = np.asarray(kinetics["preview"]["frames"])
+    index = np.asarray(kinetics["preview"]["index"]).astype(int)
+    depth = np.asarray(kinetics["depth_px"])
+    shifts = np.asarray(kinetics.get("shifts_px", np.zeros((int(index.max()) + 1, 2))))
+    px = float(kinetics.get("@attrs", {}).get("pixel_size_nm", 1.0))
+    front = np.asarray(kinetics["front_nm"]) / px
+    fig, axes = plt.subplots(1, len(index), figsize=(3.2 * len(index), 3.3), constrained_layout=True, squeeze=False)
+    yy, xx = np.mgrid[: depth.shape[0], : depth.shape[1]]
+    for ax, img, i in zip(axes[0], frames, index):
+        ax.imshow(img, cmap="gray", interpolation="nearest")
+        dy, dx = shifts[i]
+        ax.contour(xx + dx, yy + dy, depth, levels=[0.0], colors="w", linewidths=0.8)
+        if front[i] > 0:
+            ax.contour(xx + dx, yy + dy, depth, levels=[front[i]], colors="r", linewidths=0.8)
+        ax.set_title(f"frame {i}: {front[i] * px:.1f} nm", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
 
 
 def _orthoslices(volume, cmap):

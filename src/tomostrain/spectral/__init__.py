@@ -1,5 +1,7 @@
-"""Chemical state: XANES fraction fits per voxel (and EELS white-line ratios and valence maps)."""
+"""Chemical state: XANES fraction fits per voxel, EELS white-line ratios, onsets, valence and thickness maps."""
+from .eels import EDGES, Edge, EelsMaps, fit_power_law_background, log_ratio_thickness, pca_denoise, resolve_edge, valence_map, white_line_maps
 from .xanes import XanesFit, edge_energy, fit_spectra, interpolate_references, nnls, xanes_map_2d, xanes_tomography
 
 __all__ = ["XanesFit", "edge_energy", "fit_spectra", "interpolate_references", "nnls", "xanes_map_2d",
-           "xanes_tomography"]
+           "xanes_tomography", "EDGES", "Edge", "EelsMaps", "fit_power_law_background", "log_ratio_thickness",
+           "pca_denoise", "resolve_edge", "valence_map", "white_line_maps"]
