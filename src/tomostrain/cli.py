@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--center", type=float, default=None, help="rotation-axis column (pixels); default the detector centre")
     t.add_argument("--align", action="store_true",
                    help="align first: tilt axis, drift and centre (written to /tomo/alignment)")
-    t.add_argument("--tilt-axis", type=float, default=0.0, metavar="DEG",
-                   help="nominal tilt-axis angle (degrees, DESIGN.md §3); --align searches within 10° of it")
+    t.add_argument("--tilt-axis", type=float, default=None, metavar="DEG",
+                   help="prior tilt-axis angle (degrees, DESIGN.md §3); default none given (the file's, if any): "
+                        "--align searches every direction and prefers one near the prior")
     t.add_argument("--segment", type=int, default=0, metavar="N",
                    help="segment into N classes including vacuum (multi-Otsu) and quantify; 0 = no segmentation")
     t.add_argument("--angles", type=Path, default=None, help="angle file (degrees, one per line) for TIFF/MRC input")

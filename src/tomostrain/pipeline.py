@@ -111,10 +111,11 @@ class Job:
 
 
 def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0, angles=None,
-         voxel_size_nm=None, align=False, tilt_axis_deg=0.0, backend="auto", command="",
+         voxel_size_nm=None, align=False, tilt_axis_deg=None, backend="auto", command="",
          job: Job | None = None) -> Path | None:
     """Reconstruct a tilt series file (or TiltSeries), optionally aligned first (``align``: tilt
-    axis searched near ``tilt_axis_deg``, drift, centre) and segmented + quantified; write ``output``.
+    axis searched over all directions, ``tilt_axis_deg`` a prior (None: the file's, if any), drift,
+    centre) and segmented + quantified; write ``output``.
 
     With ``job`` given, the steps are added to that job and nothing is written here.
     """
@@ -138,6 +139,9 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
                 job.results.setdefault("tomo", {})["alignment"] = {
                     "shifts": found.shifts, "angles_deg": np.asarray(series.angles_deg, np.float64),
                     "@attrs": {"center": found.center, "tilt_axis_deg": found.tilt_axis_deg}}
+                if found.residuals_px is not None:
+                    job.results["tomo"]["alignment"]["residuals"] = np.asarray(found.residuals_px, np.float64)
+                    job.results["tomo"]["alignment"]["image_nrmse"] = np.asarray(found.image_nrmse, np.float64)
         found = job.results["tomo"]["alignment"]
         geometry = {"shifts": np.asarray(found["shifts"]), "center": float(found["@attrs"]["center"]),
                     "tilt_axis_deg": float(found["@attrs"]["tilt_axis_deg"])}

@@ -31,6 +31,8 @@ def tukey(n, xp, alpha=0.25):
     w[lo] = 0.5 * (1.0 - xp.cos(np.pi * x[lo] / edge))
     w[hi] = 0.5 * (1.0 - xp.cos(np.pi * (1.0 - x[hi]) / edge))
     return w
+
+
 def shift_1d(profiles, reference, xp):
     """Sub-pixel shift of each profile relative to ``reference`` (profile(t) ~ reference(t - d)):
     zero-padded FFT cross-correlation, parabola through the peak and its neighbours."""
@@ -51,11 +53,15 @@ def fourier_shift_1d(profiles, d, xp):
     return xp.fft.irfft(spec, m)[:, :length]
 
 
-def shift_2d(images, references, xp):
+def shift_2d(images, references, xp, window=None):
     """(n, 2) host array: the displacement ``d`` with ``image(p + d) ~ reference(p)``, by FFT
-    cross-correlation of Tukey-tapered images and a parabola through the peak in y and in x."""
+    cross-correlation of Tukey-tapered images and a parabola through the peak in y and in x.
+    ``window``: the taper, (ny, nx) or (n, ny, nx); default a Tukey window in y times one in x."""
     n, ny, nx = images.shape
-    win = (tukey(ny, xp)[:, None] * tukey(nx, xp)[None, :]).astype(xp.float32)
+    if window is None:
+        win = (tukey(ny, xp)[:, None] * tukey(nx, xp)[None, :]).astype(xp.float32)
+    else:
+        win = xp.asarray(window, dtype=xp.float32)
     fa = xp.fft.rfft2(images * win, s=(2 * ny, 2 * nx))
     fb = xp.fft.rfft2(references * win, s=(2 * ny, 2 * nx))
     corr = xp.fft.irfft2(fa * xp.conj(fb), s=(2 * ny, 2 * nx))
