@@ -39,6 +39,17 @@ def _probe(text: str):
     return _region(text) if ":" in text and "," in text and not Path(text).exists() else Path(text)
 
 
+def _offset(text: str):
+    """``--offset auto|none|VALUE``."""
+    low = text.strip().lower()
+    if low in ("auto", "none"):
+        return None if low == "none" else "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a number, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tomostrain", description="Tomography and 4D-STEM strain mapping for in situ TEM.")
     p.add_argument("--version", action="version", version=f"tomostrain {__version__}")
@@ -51,19 +62,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
 
     t = sub.add_parser("tomo", help="reconstruct (and segment, quantify) a tilt series")
-    t.add_argument("input", type=Path, help="tilt series: DXchange .h5, MRC (+ .rawtlt/.tlt) or TIFF (+ angles)")
+    t.add_argument("input", type=Path,
+                   help="tilt series: DXchange .h5, MRC/.st/.ali (FEI, SerialEM + .mdoc; + .rawtlt/.tlt), "
+                        "DM3/DM4, ETSpy .hspy, Velox .emd, TIFF (+ angles), or a folder of one-file-per-tilt "
+                        "DM/MRC images")
     t.add_argument("-o", "--output", type=Path, required=True, help="result file (.h5)")
     t.add_argument("--method", default="fbp", choices=["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv", "dart"])
     t.add_argument("--iterations", type=int, default=None, help="iterations of iterative methods")
     t.add_argument("--center", type=float, default=None, help="rotation-axis column (pixels); default the detector centre")
     t.add_argument("--align", action="store_true",
-                   help="align first: tilt axis, drift and centre (written to /tomo/alignment)")
+                   help="align first: tilt axis, drift and centre (written to /tomo/alignment, and for "
+                        "IMOD as OUT.xf + OUT.tlt beside the result)")
     t.add_argument("--tilt-axis", type=float, default=None, metavar="DEG",
                    help="prior tilt-axis angle (degrees, DESIGN.md §3); default none given (the file's, if any): "
                         "--align searches every direction and prefers one near the prior")
     t.add_argument("--segment", type=int, default=0, metavar="N",
                    help="segment into N classes including vacuum (multi-Otsu) and quantify; 0 = no segmentation")
-    t.add_argument("--angles", type=Path, default=None, help="angle file (degrees, one per line) for TIFF/MRC input")
+    t.add_argument("--angles", type=Path, default=None,
+                   help="angle file (degrees, one per line); wins over the file's own angles")
+    t.add_argument("--offset", type=_offset, default="auto", metavar="auto|none|VALUE",
+                   help="detector offset of electron data: auto = the vacuum level found in the data "
+                        "(default), none, or a value in file units subtracted from every image")
+    t.add_argument("--xf", type=Path, default=None, metavar="FILE.xf",
+                   help="reconstruct with an IMOD/AreTomo/ETSpy .xf alignment (instead of --align)")
     t.add_argument("--voxel-size", type=float, default=None, help="voxel size (nm); default from the file")
     t.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
 
@@ -122,6 +143,7 @@ def _dispatch(args, command: str) -> int:
             args.input, args.output, method=args.method, iterations=args.iterations, center=args.center,
             segment=args.segment, angles=args.angles, voxel_size_nm=args.voxel_size, align=args.align,
             tilt_axis_deg=args.tilt_axis, backend=args.backend, command=command,
+            offset=args.offset, xf=args.xf,
         )
         return 0
     if args.command == "stem":

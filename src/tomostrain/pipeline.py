@@ -112,10 +112,13 @@ class Job:
 
 def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0, angles=None,
          voxel_size_nm=None, align=False, tilt_axis_deg=None, backend="auto", command="",
-         job: Job | None = None) -> Path | None:
-    """Reconstruct a tilt series file (or TiltSeries), optionally aligned first (``align``: tilt
-    axis searched over all directions, ``tilt_axis_deg`` a prior (None: the file's, if any), drift,
-    centre) and segmented + quantified; write ``output``.
+         job: Job | None = None, offset="auto", xf=None) -> Path | None:
+    """Reconstruct a tilt series file, folder of one-file-per-tilt images (or TiltSeries),
+    optionally aligned first (``align``: tilt axis searched over all directions, ``tilt_axis_deg``
+    a prior (None: the file's, if any), drift, centre; ``OUT.xf``/``OUT.tlt`` are written beside
+    the result for IMOD) or with an IMOD/AreTomo/ETSpy ``.xf`` alignment (``xf``), and segmented +
+    quantified; write ``output``. ``offset``: the detector offset rule of ``io.read_tilt_series``
+    ("auto", None or a number).
 
     With ``job`` given, the steps are added to that job and nothing is written here.
     """
@@ -125,13 +128,22 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
     params = {"tomo": {"input": str(input), "method": method, "iterations": iterations, "center": center,
                        "segment": segment, "voxel_size_nm": voxel_size_nm, "align": bool(align),
                        "tilt_axis_deg": tilt_axis_deg}}
+    if offset != "auto":
+        params["tomo"]["offset"] = offset
+    if xf is not None:
+        params["tomo"]["xf"] = str(xf)
     if align and center is not None:
         raise InputError("give either align (which finds the centre) or center, not both")
+    if align and xf is not None:
+        raise InputError("give either align or an .xf alignment file, not both")
     own = job is None
     job = job or Job(Path(output), command, params, backend)
-    series = input if hasattr(input, "angles_deg") else io.read_tilt_series(Path(input), angles=angles)
+    series = input if hasattr(input, "angles_deg") else io.read_tilt_series(Path(input), angles=angles,
+                                                                               offset=offset)
     voxel = voxel_size_nm or series.pixel_size_nm or 1.0
     geometry = {"center": center}
+    if xf is not None:
+        series, geometry = _xf_alignment(job, series, xf, center)
     if align:
         if not job.done("align"):
             with job.step("align"):
@@ -153,7 +165,44 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
             job.results["tomo"]["@attrs"] = {"method": method, "voxel_size_nm": voxel}
     if segment:
         _segment_and_quantify(job, segment, voxel)
-    return job.finish() if own else None
+    if not own:
+        return None
+    path = job.finish()
+    if align:
+        _write_imod_alignment(job.out, job.results["tomo"]["alignment"], series.shape)
+    return path
+
+
+def _xf_alignment(job: Job, series, xf_path, center):
+    """(series, geometry) for an IMOD .xf: a common rotation + shifts becomes tomostrain's
+    alignment (recorded in /tomo/alignment); general transforms are applied to the projections."""
+    from .errors import GeometryError
+    from .reconstruction import xf as xfm
+
+    transforms = io.imod.read_xf(xf_path)
+    if transforms.shape[0] != series.shape[0]:
+        raise GeometryError(f"{xf_path} holds {transforms.shape[0]} transforms for {series.shape[0]} projections")
+    try:
+        shifts, axis = xfm.xf_to_alignment(transforms)
+    except GeometryError:
+        data = xfm.apply_xf(series.data, transforms)
+        return io.TiltSeries(data, series.angles_deg, series.pixel_size_nm, dict(series.meta)), {"center": center}
+    c = (series.shape[2] - 1) / 2.0 if center is None else float(center)
+    job.results.setdefault("tomo", {})["alignment"] = {
+        "shifts": shifts, "angles_deg": np.asarray(series.angles_deg, np.float64),
+        "@attrs": {"center": c, "tilt_axis_deg": axis, "source": str(xf_path)}}
+    return series, {"shifts": shifts, "center": c, "tilt_axis_deg": axis}
+
+
+def _write_imod_alignment(out: Path, alignment: dict, shape) -> None:
+    """``OUT.xf`` and ``OUT.tlt`` beside the result: the found alignment for IMOD/AreTomo/ETSpy."""
+    from .reconstruction import xf as xfm
+
+    attrs = alignment["@attrs"]
+    transforms = xfm.alignment_to_xf(np.asarray(alignment["shifts"]), float(attrs["tilt_axis_deg"]),
+                                     shape=shape[1:], center=float(attrs["center"]))
+    io.imod.write_xf(out.with_suffix(".xf"), transforms)
+    io.imod.write_tlt(out.with_suffix(".tlt"), np.asarray(alignment["angles_deg"]))
 
 
 TV_WEIGHT = 0.08  # TV denoising weight before segmentation, as a fraction of the 99.5th percentile

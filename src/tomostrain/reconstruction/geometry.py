@@ -189,3 +189,20 @@ def unalign_projections(data, shifts=None, tilt_axis_deg: float = 0.0, order: in
     c = (np.array(data.shape[1:]) - 1) / 2.0
     offsets = c - (rot_t @ (c[:, None] + s.T)).T
     return _affine_stack(data, [rot_t] * n, offsets, order, "constant")
+
+
+def resample_projections(data, matrices, offsets, order: int = 1, mode: str = "nearest"):
+    """Per-projection affine resampling: ``out[k](p) = data[k](matrices[k] @ p + offsets[k])``.
+
+    data : (n_angles, n_rows, n_cols) NumPy or CuPy array; returned as float32 on the same device
+    matrices : (n_angles, 2, 2) in (row, col) index order; offsets : (n_angles, 2) pixels
+    order : spline order (1 linear, 3 cubic); mode : scipy.ndimage edge mode ("nearest" as in
+        ``align_projections``, "constant" for zero outside)
+    """
+    check_series(data)
+    n = data.shape[0]
+    m = np.asarray(matrices, dtype=np.float64)
+    o = np.asarray(offsets, dtype=np.float64)
+    if m.shape != (n, 2, 2) or o.shape != (n, 2) or not (np.isfinite(m).all() and np.isfinite(o).all()):
+        raise GeometryError(f"matrices must be finite ({n}, 2, 2) and offsets ({n}, 2), got {m.shape} and {o.shape}")
+    return _affine_stack(data, list(m), list(o), order, mode)
