@@ -68,6 +68,7 @@ SEARCH_SIZE = 64      # the tilt-axis search bins projections to at most this si
 LINE_SIZE = 128       # the Fourier common-line scan bins projections to at most this size
 PRIOR_TOLERANCE = 0.05  # a prior axis wins when its mismatch is within 5 % of the best
 VACUUM_PERCENTILE = 5.0  # per-image vacuum level: this percentile of the image
+EDGE_WEIGHT = 1.0      # candidates: mismatch + this x the mass fraction at the across-axis field edges
 _CANDIDATES = 3       # local minima of the common-line scan searched locally
 _SEARCH_ITERATIONS = 10  # SIRT iterations of each reconstruction in the tilt-axis search
 
@@ -256,13 +257,23 @@ def _common_field(shape, shifts, a_deg, xp):
     c = (np.array([ny, nx]) - 1) / 2.0
     iy, ix = xp.indices((ny, nx), dtype=xp.float64)
     py, px = iy - c[0], ix - c[1]
-    depth = None                                              # distance inside the raw image, px
+    depth = _depth_inside(shape, shifts, a_deg, xp).min(axis=0)
+    taper = max(2.0, 0.04 * min(ny, nx))
+    return (0.5 - 0.5 * xp.cos(np.pi * xp.clip(depth / taper, 0.0, 1.0))).astype(xp.float32)
+
+
+def _depth_inside(shape, shifts, a_deg, xp):
+    """(n, ny, nx) distance (pixels) of each aligned-frame pixel inside its raw projection
+    (negative outside)."""
+    n, ny, nx = shape
+    rot = _rotation(a_deg)
+    c = (np.array([ny, nx]) - 1) / 2.0
+    iy, ix = xp.indices((ny, nx), dtype=xp.float64)
+    py, px = iy - c[0], ix - c[1]
     s = xp.asarray(shifts)
     qy = rot[0, 0] * py[None] + rot[0, 1] * px[None] + s[:, 0, None, None] + c[0]
     qx = rot[1, 0] * py[None] + rot[1, 1] * px[None] + s[:, 1, None, None] + c[1]
-    depth = xp.minimum(xp.minimum(qy, ny - 1 - qy), xp.minimum(qx, nx - 1 - qx)).min(axis=0)
-    taper = max(2.0, 0.04 * min(ny, nx))
-    return (0.5 - 0.5 * xp.cos(np.pi * xp.clip(depth / taper, 0.0, 1.0))).astype(xp.float32)
+    return xp.minimum(xp.minimum(qy, ny - 1 - qy), xp.minimum(qx, nx - 1 - qx))
 
 
 def _register_profiles(profiles, xp):
@@ -348,25 +359,99 @@ def _search_tilt_axis(img, angles, prior, search_deg, xp) -> float:
     grid = np.arange(0.0, 180.0, 1.0)
     line = _common_line_spread(_binned(img, _bin_factor(img, LINE_SIZE))[0], grid, xp)
     line = np.convolve(np.concatenate([line[-2:], line, line[:2]]), np.ones(5) / 5.0, mode="valid")
-    starts = [float(grid[k]) for k in _local_minima(line)[:_CANDIDATES]]
+    minima = [float(grid[k]) for k in _local_minima(line)[:_CANDIDATES]]
+    starts = minima + [m + 90.0 for m in minima]      # a rod along the axis: its common line is weak
     cache: dict = {}
 
-    def score(a):
-        """Reprojection mismatch at tilt axis ``a`` after the drift steps (binned projections)."""
+    def evaluate(a):
+        """(reprojection mismatch, across-edge mass fraction) at tilt axis ``a`` (binned)."""
         key = round(float(a) % 180.0, 6)
         if key not in cache:
             shifts, mask = _shifts_at(small, angles, a, xp)
-            cache[key] = _match_projections(small, angles, shifts, a, mask, _SEARCH_ITERATIONS, 1, xp)[3]
+            mismatch = _match_projections(small, angles, shifts, a, mask, _SEARCH_ITERATIONS, 1, xp)[3]
+            cache[key] = (mismatch, _across_edge_fraction(small, shifts, a, mask, xp))
         return cache[key]
 
-    best = min(starts, key=score)
+    def score(a):
+        return evaluate(a)[0]
+
+    best = min(starts, key=lambda a: evaluate(a)[0] + EDGE_WEIGHT * evaluate(a)[1])
     choice = _local_minimum(score, best, 2.0)
     if prior is not None:
         near_prior = _local_minimum(score, prior, max(1.0, min(search_deg, 90.0) / 4.0))
         if score(near_prior) <= (1.0 + PRIOR_TOLERANCE) * score(choice):
             choice = near_prior
-    choice = _local_minimum(score, choice, 0.5)      # finer: parabola through steps of 0.5 degree
+    choice = _refine_by_band_centres(_binned(img, _bin_factor(img, LINE_SIZE))[0], angles, choice, xp)
     return _representative(choice, prior)
+
+
+def _refine_by_band_centres(img, angles, a_deg, xp, rounds=4):
+    """Refine the tilt axis from where the rotation axis sits in bands of rows: aligned at ``a``,
+    each band of rows along the axis has its own centre-of-mass sinusoid
+    ``C_band + A cos(theta) + B sin(theta)`` across the axis; with the axis turned by ``d`` from
+    the true one, ``C_band`` moves by ``y_band tan(d)`` along the axis (a straight line), which
+    per-image shifts cannot undo. The slope of ``C_band`` over ``y_band`` (mass-weighted) gives
+    ``d``; a few rounds converge (each step at most 5 degrees)."""
+    theta = np.radians(angles)
+    design = np.column_stack([np.ones_like(theta), np.cos(theta), np.sin(theta)])
+    a = float(a_deg)
+    for _ in range(rounds):
+        shifts, mask = _shifts_at(img, angles, a, xp)
+        # every projection whole across the axis (zero outside its own field), rows that every
+        # projection sees: an object in the field is not cut, a needle is cut the same way
+        seen = _depth_inside(img.shape, shifts, a, xp) >= 0
+        aligned = align_projections(img, shifts, a, order=1) * seen
+        common = _backend.to_host(seen.all(axis=0).mean(axis=1) > 0.5)
+        rows = np.flatnonzero(common)
+        if rows.size < 16:
+            break
+        aligned = aligned[:, rows.min():rows.max() + 1]
+        n, ny, nx = aligned.shape
+        n_bands = max(4, min(16, ny // 8))
+        edges = np.linspace(0, ny, n_bands + 1).astype(int)
+        u = xp.arange(nx, dtype=xp.float64) - (nx - 1) / 2.0
+        centres, weights, ys = [], [], []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            band = aligned[:, lo:hi].sum(axis=1).astype(xp.float64)           # (n, nx)
+            mass = _backend.to_host(band.sum(axis=1))
+            if not (mass > 0).all():
+                continue
+            com = _backend.to_host(band @ u) / mass
+            coef, *_ = np.linalg.lstsq(design, com, rcond=None)
+            centres.append(coef[0])
+            weights.append(mass.min())
+            ys.append((lo + hi - 1) / 2.0 - (ny - 1) / 2.0)
+        if len(ys) < 3:
+            break
+        w = np.asarray(weights) / max(weights)
+        slope = np.polyfit(np.asarray(ys), np.asarray(centres), 1, w=np.sqrt(w))[0]
+        step = float(np.clip(np.degrees(np.arctan(slope)), -5.0, 5.0))
+        a -= step
+        if abs(step) < 0.01:
+            break
+    return a
+
+
+def _across_edge_fraction(img, shifts, a_deg, mask, xp) -> float:
+    """Fraction of the aligned mass (common field) in the outer ``_EDGE_BAND`` of the field across
+    the axis. An object may leave the field along the axis (a needle), but one that crosses the
+    field's edges across the axis at every tilt, without foreshortening, is a rod lying across the
+    assumed axis: the frame turned 90 degrees from the true one, which the mismatch alone cannot
+    tell apart from it (every feature then sits on the assumed axis)."""
+    aligned = align_projections(img, shifts, a_deg, order=1)
+    profile = (aligned * mask[None]).sum(axis=(0, 1)).astype(xp.float64)        # (nx,)
+    inside = _backend.to_host(mask.max(axis=0) > 0.5)
+    cols = np.flatnonzero(inside)
+    if cols.size < 4:
+        return 0.0
+    band = max(1, int(round(_EDGE_BAND * cols.size)))
+    prof = np.maximum(_backend.to_host(profile), 0.0)
+    total = prof[cols].sum()
+    edges = prof[cols[:band]].sum() + prof[cols[-band:]].sum()
+    return float(edges / total) if total > 0 else 0.0
+
+
+_EDGE_BAND = 0.08
 
 
 def _local_minimum(score, start, step) -> float:
