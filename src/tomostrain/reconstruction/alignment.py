@@ -38,10 +38,15 @@ the same line. The search covers every direction:
   and its modulus does not change with drift. For each direction every degree over 180 the
   spread of the normalised log-moduli along that line is measured; its deepest local minima (and
   the prior, when one is given) are the candidates;
-- local: around each candidate the reprojection mismatch after the steps above and one round of
-  projection matching (on projections binned to at most ``SEARCH_SIZE``) is minimised on a grid
-  that walks outwards while its best point lies at an edge, then by a parabola through the best
-  point and its neighbours, on finer grids. No window bounds the result.
+- local: the candidate with the lowest reprojection mismatch (after the steps above, on
+  projections binned to at most ``SEARCH_SIZE``, SIRT) is walked downhill on a 2-degree grid that
+  moves on while its best point lies at an edge (the grid is circular, so no window bounds it;
+  a walk round the whole circle raises), then the parabola through the best point and its
+  neighbours;
+- fine: the band centres. Each band of rows along the axis has its own centre-of-mass sinusoid
+  ``C_band + A cos(theta) + B sin(theta)``; with the axis turned by ``d`` the ``C_band`` lie on a
+  line of slope ``tan(d)`` along the axis (ETSpy's tilt_com idea), which gives ``d``; a few
+  rounds, at most ``BAND_REACH_DEG`` from the walk's result (else that result is kept).
 
 A prior (``tilt_axis_deg=`` or ``series.meta["tilt_axis_deg"]``, e.g. from the microscope) is one
 of the candidates, and is preferred when its mismatch is within ``PRIOR_TOLERANCE`` of the best.
@@ -68,7 +73,7 @@ SEARCH_SIZE = 64      # the tilt-axis search bins projections to at most this si
 LINE_SIZE = 128       # the Fourier common-line scan bins projections to at most this size
 PRIOR_TOLERANCE = 0.05  # a prior axis wins when its mismatch is within 5 % of the best
 VACUUM_PERCENTILE = 5.0  # per-image vacuum level: this percentile of the image
-EDGE_WEIGHT = 1.0      # candidates: mismatch + this x the mass fraction at the across-axis field edges
+BAND_REACH_DEG = 3.0   # the band-centre refinement moves the axis at most this far
 _CANDIDATES = 3       # local minima of the common-line scan searched locally
 _SEARCH_ITERATIONS = 10  # SIRT iterations of each reconstruction in the tilt-axis search
 
@@ -359,23 +364,18 @@ def _search_tilt_axis(img, angles, prior, search_deg, xp) -> float:
     grid = np.arange(0.0, 180.0, 1.0)
     line = _common_line_spread(_binned(img, _bin_factor(img, LINE_SIZE))[0], grid, xp)
     line = np.convolve(np.concatenate([line[-2:], line, line[:2]]), np.ones(5) / 5.0, mode="valid")
-    minima = [float(grid[k]) for k in _local_minima(line)[:_CANDIDATES]]
-    starts = minima + [m + 90.0 for m in minima]      # a rod along the axis: its common line is weak
+    starts = [float(grid[k]) for k in _local_minima(line)[:_CANDIDATES]]
     cache: dict = {}
 
-    def evaluate(a):
-        """(reprojection mismatch, across-edge mass fraction) at tilt axis ``a`` (binned)."""
+    def score(a):
+        """Reprojection mismatch at tilt axis ``a`` after the drift steps (binned projections)."""
         key = round(float(a) % 180.0, 6)
         if key not in cache:
             shifts, mask = _shifts_at(small, angles, a, xp)
-            mismatch = _match_projections(small, angles, shifts, a, mask, _SEARCH_ITERATIONS, 1, xp)[3]
-            cache[key] = (mismatch, _across_edge_fraction(small, shifts, a, mask, xp))
+            cache[key] = _match_projections(small, angles, shifts, a, mask, _SEARCH_ITERATIONS, 1, xp)[3]
         return cache[key]
 
-    def score(a):
-        return evaluate(a)[0]
-
-    best = min(starts, key=lambda a: evaluate(a)[0] + EDGE_WEIGHT * evaluate(a)[1])
+    best = min(starts, key=score)
     choice = _local_minimum(score, best, 2.0)
     if prior is not None:
         near_prior = _local_minimum(score, prior, max(1.0, min(search_deg, 90.0) / 4.0))
@@ -385,13 +385,15 @@ def _search_tilt_axis(img, angles, prior, search_deg, xp) -> float:
     return _representative(choice, prior)
 
 
-def _refine_by_band_centres(img, angles, a_deg, xp, rounds=4):
+def _refine_by_band_centres(img, angles, a_deg, xp, rounds=4, reach=BAND_REACH_DEG):
     """Refine the tilt axis from where the rotation axis sits in bands of rows: aligned at ``a``,
     each band of rows along the axis has its own centre-of-mass sinusoid
     ``C_band + A cos(theta) + B sin(theta)`` across the axis; with the axis turned by ``d`` from
     the true one, ``C_band`` moves by ``y_band tan(d)`` along the axis (a straight line), which
     per-image shifts cannot undo. The slope of ``C_band`` over ``y_band`` (mass-weighted) gives
-    ``d``; a few rounds converge (each step at most 5 degrees)."""
+    ``d``; a few rounds converge. A local refiner: it may move the axis at most ``reach`` degrees
+    from ``a``; when it would go further (bands that do not hold one object's mass at every tilt
+    bias the centres) ``a`` is kept."""
     theta = np.radians(angles)
     design = np.column_stack([np.ones_like(theta), np.cos(theta), np.sin(theta)])
     a = float(a_deg)
@@ -425,33 +427,13 @@ def _refine_by_band_centres(img, angles, a_deg, xp, rounds=4):
             break
         w = np.asarray(weights) / max(weights)
         slope = np.polyfit(np.asarray(ys), np.asarray(centres), 1, w=np.sqrt(w))[0]
-        step = float(np.clip(np.degrees(np.arctan(slope)), -5.0, 5.0))
+        step = float(np.degrees(np.arctan(slope)))
         a -= step
+        if abs(a - a_deg) > reach:
+            return float(a_deg)
         if abs(step) < 0.01:
             break
     return a
-
-
-def _across_edge_fraction(img, shifts, a_deg, mask, xp) -> float:
-    """Fraction of the aligned mass (common field) in the outer ``_EDGE_BAND`` of the field across
-    the axis. An object may leave the field along the axis (a needle), but one that crosses the
-    field's edges across the axis at every tilt, without foreshortening, is a rod lying across the
-    assumed axis: the frame turned 90 degrees from the true one, which the mismatch alone cannot
-    tell apart from it (every feature then sits on the assumed axis)."""
-    aligned = align_projections(img, shifts, a_deg, order=1)
-    profile = (aligned * mask[None]).sum(axis=(0, 1)).astype(xp.float64)        # (nx,)
-    inside = _backend.to_host(mask.max(axis=0) > 0.5)
-    cols = np.flatnonzero(inside)
-    if cols.size < 4:
-        return 0.0
-    band = max(1, int(round(_EDGE_BAND * cols.size)))
-    prof = np.maximum(_backend.to_host(profile), 0.0)
-    total = prof[cols].sum()
-    edges = prof[cols[:band]].sum() + prof[cols[-band:]].sum()
-    return float(edges / total) if total > 0 else 0.0
-
-
-_EDGE_BAND = 0.08
 
 
 def _local_minimum(score, start, step) -> float:
