@@ -14,7 +14,7 @@ Both NRMSEs (``reconstruction.reprojection_nrmse``) are given on the peer's slic
 tomostrain's also on the whole volume. ETSpy's own figure for the whole job on 2 cores (about 590
 s, from issue 9) is recorded for reference.
 
-    python -m benchmarks.bench_real_align [--quick] [--out DIR]
+    python -m benchmarks.bench_real_align [--quick] [--out DIR] [--keep RESULT.h5]
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def _nrmse(aligned, volume, angles, center):
     return float(np.linalg.norm(reproj - aligned) / np.linalg.norm(aligned))
 
 
-def run(out_dir, quick: bool = False, backend: str = "cpu") -> Path:
+def run(out_dir, quick: bool = False, backend: str = "cpu", keep: str | None = None) -> Path:
     from tomostrain import io
     from tomostrain.reconstruction import Alignment, reprojection_nrmse
 
@@ -89,6 +89,10 @@ def run(out_dir, quick: bool = False, backend: str = "cpu") -> Path:
         subprocess.run(cmd, check=True, env=env)
         ours_s, ours_cpu = time.perf_counter() - t0, _children_cpu() - c0
         results = io.read_results(out)
+        if keep:                                           # the result file, e.g. for the README figure
+            import shutil
+
+            shutil.copyfile(out, keep)
     tomo = results["tomo"]
     found = tomo["alignment"]
     attrs = found["@attrs"]
@@ -133,5 +137,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="benchmarks/results/cpu")
+    p.add_argument("--keep", default=None, help="copy tomostrain's result file here")
     args = p.parse_args()
-    print(run(args.out, quick=args.quick))
+    print(run(args.out, quick=args.quick, keep=args.keep))

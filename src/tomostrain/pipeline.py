@@ -466,7 +466,7 @@ def demo(output="demo_out", backend: str = "auto", command: str = "tomostrain de
     io.write_datacube(cube, out / "scan.h5", q_pixel_size=stem_truth["q_pixel_size"], scan_step_nm=2.0)
 
     job = Job(out / "results.h5", command, {"demo": {"tilt": DEMO_TILT, "scan": DEMO_SCAN}}, backend)
-    tomo(out / "tilt_series.h5", None, method="tv", segment=4, align=True, job=job)
+    tomo(out / "tilt_series.h5", None, method="tv", segment=4, align=True, tilt_axis_deg=0.0, job=job)
     stem(out / "scan.h5", None, job=job)
     path = job.finish()
     results = io.read_results(path)

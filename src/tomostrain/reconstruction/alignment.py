@@ -48,8 +48,11 @@ the same line. The search covers every direction:
   line of slope ``tan(d)`` along the axis (ETSpy's tilt_com idea), which gives ``d``; a few
   rounds, at most ``BAND_REACH_DEG`` from the walk's result (else that result is kept).
 
-A prior (``tilt_axis_deg=`` or ``series.meta["tilt_axis_deg"]``, e.g. from the microscope) is one
-of the candidates, and is preferred when its mismatch is within ``PRIOR_TOLERANCE`` of the best.
+A prior (``tilt_axis_deg=`` or ``series.meta["tilt_axis_deg"]``, e.g. from the microscope) starts
+a walk on the common-line profile spread (the profiles along the axis, registered onto each other,
+are one curve at the right axis; the walk has no window). If it ends more than ``search_deg``
+from the prior, the search over every direction above decides, where the prior is one more
+candidate, preferred when its mismatch is within ``PRIOR_TOLERANCE`` of the best.
 **The ``a`` vs ``a + 180`` rule**: both fit the data equally (the second gives the point-inverted
 volume); ``align`` returns the representative nearest the prior, or in ``(-90, 90]`` without one.
 
@@ -146,7 +149,9 @@ def align(series, angles_deg=None, *, tilt_axis_deg: float | None = None, search
         raise InputError("a projection has no positive signal above the vacuum level: alignment needs "
                          "mass-linear contrast with a dark vacuum (HAADF, or -log of bright field)")
 
-    if find_tilt_axis:
+    if find_tilt_axis and prior is not None:
+        a = _axis_near_prior(img, angles, prior, float(search_deg), xp)
+    elif find_tilt_axis:
         a = _search_tilt_axis(img, angles, prior, float(search_deg), xp)
     else:
         a = 0.0 if prior is None else prior
@@ -383,6 +388,50 @@ def _search_tilt_axis(img, angles, prior, search_deg, xp) -> float:
             choice = near_prior
     choice = _refine_by_band_centres(_binned(img, _bin_factor(img, LINE_SIZE))[0], angles, choice, xp)
     return _representative(choice, prior)
+
+
+def _axis_near_prior(img, angles, prior, search_deg, xp) -> float:
+    """With a prior: the tilt axis minimising the common-line profile spread (the profiles along
+    the axis, each registered onto the others, are one curve at the right axis), walked downhill
+    from the prior on grids of 2 and 0.5 degrees (no window bounds it). When the walk ends more
+    than ``search_deg`` from the prior (the profiles of an object leaving the field along the axis
+    carry little axis information), the search over every direction decides instead."""
+    small, _ = _binned(img, _bin_factor(img, LINE_SIZE))
+    cache: dict = {}
+
+    def spread(a):
+        key = round(float(a), 6)
+        if key not in cache:
+            _, moved, reference = _register_profiles(_axis_profiles(small, a, xp), xp)
+            cache[key] = float(((moved - reference[None, :]) ** 2).sum() / ((moved ** 2).sum() + 1e-300))
+        return cache[key]
+
+    try:
+        a = _local_minimum(spread, _local_minimum(spread, prior, 2.0), 0.5)
+    except InputError:
+        a = None
+    if a is None or abs(a - prior) > search_deg:
+        return _search_tilt_axis(img, angles, prior, search_deg, xp)
+    return _representative(a, prior)
+
+
+def _axis_profiles(img, a_deg, xp):
+    """(n, L) profiles of every projection along the tilt axis: pixel values binned (linear
+    split between the two nearest unit bins) by ``t = (p - centre) . e_axis``."""
+    n, ny, nx = img.shape
+    a = np.radians(a_deg)
+    e_axis = (np.cos(a), -np.sin(a))
+    half = int(np.ceil(np.hypot(ny, nx) / 2.0)) + 1
+    iy, ix = xp.indices((ny, nx), dtype=xp.float64)
+    t = (iy - (ny - 1) / 2.0) * e_axis[0] + (ix - (nx - 1) / 2.0) * e_axis[1] + half
+    lo = xp.floor(t).astype(xp.int64).ravel()
+    frac = (t - xp.floor(t)).ravel()
+    length = 2 * half + 2
+    idx = (xp.arange(n)[:, None] * length + lo[None, :]).ravel()
+    vals = img.reshape(n, -1).astype(xp.float64)
+    prof = xp.bincount(idx, weights=(vals * (1.0 - frac)).ravel(), minlength=n * length)
+    prof += xp.bincount(idx + 1, weights=(vals * frac).ravel(), minlength=n * length)
+    return prof.reshape(n, length)
 
 
 def _refine_by_band_centres(img, angles, a_deg, xp, rounds=4, reach=BAND_REACH_DEG):
