@@ -145,7 +145,7 @@ def test_aligned_pipeline_keeps_the_phase_fractions(drifting, tmp_path):
     _, data, _ = drifting
     _, _, truth = sodiated_particle((64, 128, 128))
     out = pipeline.tomo(io.TiltSeries(data, ANGLES), tmp_path / "res.h5", method="tv", segment=4, align=True,
-                        backend="cpu")
+                        tilt_axis_deg=0.0, backend="cpu")
     fractions = io.read_results(out)["tomo"]["quantify"]["@attrs"]["fractions"]
     fractions = json.loads(fractions) if isinstance(fractions, str) else fractions
     for key in ("shell", "core", "particles"):
