@@ -80,10 +80,11 @@ def test_recovers_tilt_axis_drift_and_centre(drifting):
 
 
 def test_tilt_axis_search_on_binned_projections(drifting, monkeypatch):
-    """Projections over MATCH_SIZE pixels are searched for the tilt axis binned (here 2 x 2)."""
+    """Projections over LINE_SIZE pixels are searched for the tilt axis binned (here 2 x 2), from
+    the nominal axis 0 as a prior (as the demo does)."""
     _, data, truth = drifting
-    monkeypatch.setattr(alignment_module, "MATCH_SIZE", 64)
-    found = align(data, ANGLES, refine=0)
+    monkeypatch.setattr(alignment_module, "LINE_SIZE", 64)
+    found = align(data, ANGLES, tilt_axis_deg=0.0, refine=0)
     assert abs(found.tilt_axis_deg - TILT_AXIS) < 0.1
     assert max(gauge_free_errors(found.shifts, truth["shifts"], TILT_AXIS)) < 0.1
 
@@ -144,7 +145,7 @@ def test_aligned_pipeline_keeps_the_phase_fractions(drifting, tmp_path):
     _, data, _ = drifting
     _, _, truth = sodiated_particle((64, 128, 128))
     out = pipeline.tomo(io.TiltSeries(data, ANGLES), tmp_path / "res.h5", method="tv", segment=4, align=True,
-                        backend="cpu")
+                        tilt_axis_deg=0.0, backend="cpu")
     fractions = io.read_results(out)["tomo"]["quantify"]["@attrs"]["fractions"]
     fractions = json.loads(fractions) if isinstance(fractions, str) else fractions
     for key in ("shell", "core", "particles"):

@@ -113,9 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--align", action="store_true",
                    help="align first: tilt axis, drift and centre (written to /tomo/alignment, and for "
                         "IMOD as OUT.xf + OUT.tlt beside the result)")
-    t.add_argument("--tilt-axis", type=float, default=0.0, metavar="DEG",
-                   help="tilt-axis angle (degrees, DESIGN.md §3); --align searches within 10° of it, "
-                        "without --align it is applied as the known axis")
+    t.add_argument("--tilt-axis", type=float, default=None, metavar="DEG",
+                   help="prior tilt-axis angle (degrees, DESIGN.md §3); default none given (the file's, if any): "
+                        "--align searches every direction and prefers one near the prior; without --align it "
+                        "is applied as the known axis")
     t.add_argument("--segment", type=int, default=0, metavar="N",
                    help="segment into N classes including vacuum (particle envelope first, then the classes "
                         "inside; N = 4: vacuum, shell, core, Ni particles) and quantify; 0 = no segmentation")

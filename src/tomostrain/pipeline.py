@@ -192,14 +192,15 @@ def _decode_json_attrs(tree: dict, paths: list[str]) -> None:
 
 @safety.entry_point
 def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0, angles=None,
-         voxel_size_nm=None, align=False, tilt_axis_deg=0.0, backend="auto", command="",
+         voxel_size_nm=None, align=False, tilt_axis_deg=None, backend="auto", command="",
          job: Job | None = None, offset="auto", xf=None, rings=None, zingers=None, paganin=None,
          beam_background=None, center_method="vo", cluster=None, classes=None) -> Path | None:
     """Reconstruct a tilt series file, folder of one-file-per-tilt images (or TiltSeries),
-    optionally aligned first (``align``: tilt axis searched near ``tilt_axis_deg``, drift, centre;
-    ``OUT.xf``/``OUT.tlt`` are written beside the result for IMOD) or with an IMOD/AreTomo/ETSpy
-    ``.xf`` alignment (``xf``), and segmented + quantified; write ``output``. ``offset``: the
-    detector offset rule of ``io.read_tilt_series`` ("auto", None or a number).
+    optionally aligned first (``align``: tilt axis searched over all directions, ``tilt_axis_deg``
+    a prior (None: the file's, if any), drift, centre; ``OUT.xf``/``OUT.tlt`` are written beside
+    the result for IMOD) or with an IMOD/AreTomo/ETSpy ``.xf`` alignment (``xf``), and segmented +
+    quantified; write ``output``. ``offset``: the detector offset rule of ``io.read_tilt_series``
+    ("auto", None or a number).
 
     With ``job`` given, the steps are added to that job and nothing is written here.
     ``classes``: number of phases (vacuum included) whose grey levels DART estimates
@@ -284,6 +285,9 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
                 job.results.setdefault("tomo", {})["alignment"] = {
                     "shifts": found.shifts, "angles_deg": np.asarray(series.angles_deg, np.float64),
                     "@attrs": {"center": found.center, "tilt_axis_deg": found.tilt_axis_deg}}
+                if found.residuals_px is not None:
+                    job.results["tomo"]["alignment"]["residuals"] = np.asarray(found.residuals_px, np.float64)
+                    job.results["tomo"]["alignment"]["image_nrmse"] = np.asarray(found.image_nrmse, np.float64)
         found = job.results["tomo"]["alignment"]
         geometry = {"shifts": np.asarray(found["shifts"]), "center": float(found["@attrs"]["center"]),
                     "tilt_axis_deg": float(found["@attrs"]["tilt_axis_deg"])}
@@ -930,7 +934,7 @@ def demo(output="demo_out", backend: str = "auto", command: str = "tomostrain de
     io.write_movie(out / "movie.h5", movie, time_s=movie_truth.time_s, pixel_size_nm=movie_truth.pixel_size_nm)
 
     job = Job(out / "results.h5", command, {"demo": {"tilt": DEMO_TILT, "scan": DEMO_SCAN, "movie": DEMO_MOVIE}}, backend)
-    tomo(out / "tilt_series.h5", None, method="tv", segment=4, align=True, job=job)
+    tomo(out / "tilt_series.h5", None, method="tv", segment=4, align=True, tilt_axis_deg=0.0, job=job)
     stem(out / "scan.h5", None, job=job)
     xanes_truth = _demo_xanes_files(out)
     xanes(out / "txm_xanes.h5", None, references=[out / "Ni.csv", out / "NiO.csv"], method="fbp", job=job)

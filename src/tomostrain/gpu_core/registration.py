@@ -31,6 +31,8 @@ def tukey(n, xp, alpha=0.25):
     w[lo] = 0.5 * (1.0 - xp.cos(np.pi * x[lo] / edge))
     w[hi] = 0.5 * (1.0 - xp.cos(np.pi * (1.0 - x[hi]) / edge))
     return w
+
+
 def shift_1d(profiles, reference, xp):
     """Sub-pixel shift of each profile relative to ``reference`` (profile(t) ~ reference(t - d)):
     zero-padded FFT cross-correlation, parabola through the peak and its neighbours."""
@@ -51,21 +53,23 @@ def fourier_shift_1d(profiles, d, xp):
     return xp.fft.irfft(spec, m)[:, :length]
 
 
-def shift_2d(images, references, xp, *, weights=None, whiten=False, lowpass_px=None, highpass_px=None):
+def shift_2d(images, references, xp, window=None, *, weights=None, whiten=False, lowpass_px=None,
+             highpass_px=None):
     """(n, 2) host array: the displacement ``d`` with ``image(p + d) ~ reference(p)``, by FFT
     cross-correlation of Tukey-tapered images and a parabola through the peak in y and in x.
 
     Options (``shift_nd``): ``weights`` a mask applied to both after removing its weighted mean
     (to register on stable content only), ``whiten`` phase correlation, ``lowpass_px`` and
     ``highpass_px`` Gaussian band limits (pixels) of the correlation; the defaults give the plain
-    cross-correlation.
+    cross-correlation. ``window``: the taper, (ny, nx) or (n, ny, nx); default a Tukey window in y
+    times one in x.
     """
     return shift_nd(images, references, xp, weights=weights, whiten=whiten, lowpass_px=lowpass_px,
-                    highpass_px=highpass_px)
+                    highpass_px=highpass_px, window=window)
 
 
 def shift_nd(images, references, xp, *, weights=None, whiten=False, lowpass_px=None, highpass_px=None,
-             max_shift=None):
+             max_shift=None, window=None):
     """(n, ndim) host array: the displacement ``d`` (pixels, axis order of the images) with
     ``image(p + d) ~ reference(p)`` for a batch ``(n, *shape)`` of 2D images or 3D volumes.
 
@@ -78,11 +82,12 @@ def shift_nd(images, references, xp, *, weights=None, whiten=False, lowpass_px=N
     would otherwise pull the peak to zero shift), and the peak refined by a parabola
     along each axis. ``references`` has the shape of ``images`` or ``shape`` (one for all).
     ``max_shift`` (pixels) limits the search to displacements no larger than that on every axis.
+    ``window`` replaces the Tukey taper (shape ``shape`` or ``(n, *shape)``).
     """
     n, *shape = images.shape
     ndim = len(shape)
-    win = None
-    for axis, size in enumerate(shape):
+    win = None if window is None else xp.asarray(window, dtype=xp.float32)
+    for axis, size in enumerate(shape if window is None else ()):
         w = tukey(size, xp).astype(xp.float32).reshape([-1 if a == axis else 1 for a in range(ndim)])
         win = w if win is None else win * w
     if whiten:  # the taper of a bright mean would otherwise add a peak at zero shift
