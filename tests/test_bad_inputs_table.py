@@ -90,7 +90,7 @@ CASES = [
     ("all-zero 4D-STEM data", "stem zero.npy -o r.h5 --q-pixel-size 0.02"),
     ("negated 4D-STEM data", "stem negated.npy -o r.h5 --q-pixel-size 0.02"),
     ("no measurable probe disk", "stem flat.npy -o r.h5 --q-pixel-size 0.02"),
-    ("more memory than the process may use", "tomo huge.h5 -o r.h5"),
+    ("more memory than the process may use", "tomo huge.h5 -o r.h5 --align"),
 ]
 
 HEADER = """# Bad inputs and what tomostrain says

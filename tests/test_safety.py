@@ -531,8 +531,12 @@ def test_memory_preflight_refuses_at_once(tmp_path, monkeypatch, capsys):
     with h5py.File(tmp_path / "huge.h5", "w") as h5:  # 180 GiB declared, nothing written
         h5.create_dataset("/exchange/data", shape=(1500, 4096, 7864), dtype=np.float32, chunks=(1, 256, 256))
         h5["/exchange/theta"] = np.linspace(-70, 70, 1500)
-    rc, err = _run(capsys, ["tomo", tmp_path / "huge.h5", "-o", tmp_path / "r.h5"])
+    monkeypatch.setattr(safety, "disk_free_bytes", lambda folder: 100 << 30)
+    rc, err = _run(capsys, ["tomo", tmp_path / "huge.h5", "-o", tmp_path / "r.h5", "--align"])
     assert rc == 2 and len(err) == 1 and "needs about 180.0 GiB" in err[0] and "4.0 GiB" in err[0], err
+    # read lazily (no --align), it is reconstructed slice by slice into the result: the disk is the limit
+    rc, err = _run(capsys, ["tomo", tmp_path / "huge.h5", "-o", tmp_path / "r.h5"])
+    assert rc == 2 and len(err) == 1 and "GiB of disk" in err[0] and "100.0 GiB free" in err[0], err
     raw = tmp_path / "huge.raw"  # a sparse 180 GiB raw scan
     with open(raw, "wb") as f:
         f.truncate(3000 * 3000 * 64 * 84 * 4)

@@ -272,8 +272,8 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
 
         center = find_center(series.data, series.angles_deg, center_method)
     voxel = voxel_size_nm or series.pixel_size_nm or 1.0
-    if isinstance(series, io.TiltSeries):  # a lazy source is reconstructed in chunks: no whole-volume need
-        _tomo_preflight(series.shape, method)
+    # a lazy source is reconstructed in slice chunks into the result file: one slice in memory
+    _tomo_preflight(series.shape, method, None if isinstance(series, io.TiltSeries) else job.out)
     # a nominal tilt axis without --align is applied as known geometry, not ignored
     geometry = {"center": center} if align or not tilt_axis_deg else {"center": center, "tilt_axis_deg": tilt_axis_deg}
     if xf is not None:
@@ -353,12 +353,19 @@ VOLUME_COPIES = {"fbp": 2, "gridrec": 3}
 ITERATIVE_VOLUME_COPIES = 5
 
 
-def _tomo_preflight(shape, method: str) -> None:
+def _tomo_preflight(shape, method: str, out: Path | None = None) -> None:
+    """Refuse at once what cannot fit: the whole reconstruction in memory, or (``out`` given: a
+    lazy source reconstructed slice chunk by slice chunk into the result file) one slice in memory
+    and the volume on the output's disk."""
     n, rows, cols = shape
     copies = VOLUME_COPIES.get(method, ITERATIVE_VOLUME_COPIES)
-    need = 4 * (copies * rows * cols * cols + 3 * n * rows * cols)
-    safety.preflight(need, f"reconstructing a {rows}x{cols}x{cols} volume with {method}",
-                     "crop or bin the projections (fewer rows or columns), or run it on a bigger machine")
+    hint = "crop or bin the projections (fewer rows or columns), or run it on a bigger machine"
+    what = f"reconstructing a {rows}x{cols}x{cols} volume with {method}"
+    if out is None:
+        safety.preflight(4 * (copies * rows * cols * cols + 3 * n * rows * cols), what, hint)
+        return
+    safety.preflight(4 * (copies * cols * cols + 3 * n * cols), what + " (one slice at a time)", hint)
+    safety.preflight_disk(4 * rows * cols * cols, out.parent, what, hint)
 
 
 def _xray_series(input, center, center_method, voxel_size_nm, rings=None, zingers=None, paganin=None,

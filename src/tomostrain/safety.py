@@ -327,6 +327,21 @@ def preflight(need_bytes: int, what: str, hint: str) -> None:
                                f"{gib(limit)} ({source}); {hint}")
 
 
+def disk_free_bytes(folder) -> int:
+    """Free bytes on the file system of ``folder``."""
+    import shutil
+
+    return int(shutil.disk_usage(Path(folder) if str(folder) else Path(".")).free)
+
+
+def preflight_disk(need_bytes: int, folder, what: str, hint: str) -> None:
+    """MemoryLimitError at once when ``need_bytes`` exceed the free disk space at ``folder`` (an
+    out-of-core result is written there chunk by chunk)."""
+    free = disk_free_bytes(folder)
+    if need_bytes > free:
+        raise MemoryLimitError(f"{what} needs about {gib(need_bytes)} of disk but {folder} has {gib(free)} free; {hint}")
+
+
 # -------------------------------------------------------------------- signals, locks per call
 
 _state = threading.local()
