@@ -438,7 +438,7 @@ def _clean_stem(src, q, shape, tmp_path):
     return _CLEAN[shape]
 
 
-@pytest.mark.parametrize("step, shape", [("calibrate", OTHER), ("virtual", OTHER), ("phase", SAME), ("phase", OTHER),
+@pytest.mark.parametrize("step, shape", [("calibrate", OTHER), ("scan", SAME), ("scan", OTHER),
                                          ("lattice", SAME), ("lattice", OTHER), ("strain", OTHER)])
 def test_killed_stem_job_resumes_with_types_and_layout_change_restarts(scan_raw, tmp_path, monkeypatch, capsys,
                                                                        step, shape):
@@ -560,7 +560,8 @@ def test_messages_name_causes_not_internals(tmp_path, capsys):
     assert rc == 2 and "no positive density" in err[-1] and "weight" not in err[-1]
     np.save(tmp_path / "flat.npy", np.ones((2, 2, 32, 32), np.float32))
     rc, err = _run(capsys, ["stem", tmp_path / "flat.npy", "-o", tmp_path / "f.h5", "--q-pixel-size", "0.02"])
-    assert rc == 2 and "too large for the 32x32 detector" in err[-1] and "annulus" not in err[-1]
+    assert rc == 2 and "annulus" not in err[-1] and (
+        "too large for the 32x32 detector" in err[-1] or "no central disk" in err[-1]), err
 
 
 def _commands_with_input_and_output():

@@ -258,7 +258,7 @@ def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | N
             envelope = _fill_and_clean(env_s > t_env, None, ndi, xp)
             inner = ndi.binary_erosion(envelope)
             vals = cls_s[inner]
-            if particles:  # the few Ni voxels (found after the levels) must not pull the body classes
+            if particles and vals.size:  # the few Ni voxels (found after the levels) must not pull the body classes
                 vals = vals[vals <= xp.percentile(vals, 99.0)]
             if vals.size < 10 * n_body:
                 raise InputError("the particle envelope is too small to segment (fewer than a few voxels inside)")
