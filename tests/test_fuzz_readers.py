@@ -8,6 +8,8 @@ valid file(s) and returns the path to damage, ``read(path)`` reads it the way th
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -96,6 +98,67 @@ def make_probe_h5(d):
     return d / "p.h5"
 
 
+def make_mib(d):
+    import _stem_files as sf
+
+    return sf.write_mib(d / "c.mib", (_CUBE.reshape(6, 4, 4) * 100).astype(np.uint16))
+
+
+def make_blockfile(d):
+    from rsciio.blockfile import file_writer
+
+    axes = [{"name": n, "size": k, "scale": 1.0, "offset": 0.0, "units": u, "navigate": nav}
+            for n, k, u, nav in [("y", 2, "nm", True), ("x", 3, "nm", True), ("dy", 4, "cm", False),
+                                 ("dx", 4, "cm", False)]]
+    file_writer(str(d / "c.blo"), {"data": (_CUBE * 20).astype(np.uint8), "axes": axes, "metadata": {},
+                                   "original_metadata": {}, "attributes": {"_lazy": False}}, show_progressbar=False)
+    return d / "c.blo"
+
+
+def make_dm4(d):
+    import _stem_files as sf
+
+    return sf.write_dm4(d / "c.dm4", _CUBE)
+
+
+def make_velox(d):
+    import _stem_files as sf
+
+    return sf.write_velox(d / "c.emd", _CUBE)
+
+
+def make_dm3_tilt(d):
+    import shutil
+
+    from _data import real_file
+
+    return Path(shutil.copy(real_file("etspy/DM_Series_Test/BF_001.dm3"), d / "t.dm3"))
+
+
+def make_mdoc(d):
+    make_mrc(d)
+    (d / "t.mrc.mdoc").write_text("PixelSpacing = 5.0\nImageFile = t.mrc\n\n" + "".join(
+        f"[ZValue = {i}]\nTiltAngle = {a}\n\n" for i, a in enumerate(_ANGLES)))
+    (d / "t.rawtlt").unlink()
+    return d / "t.mrc.mdoc"
+
+
+def make_movie(d):
+    io.write_movie(d / "m.h5", _TILT, time_s=np.arange(3.0), pixel_size_nm=0.5)
+    return d / "m.h5"
+
+
+def make_spectrum_image(d):
+    io.write_spectrum_image(d / "s.h5", _CUBE.reshape(2, 3, 16), np.linspace(840.0, 870.0, 16))
+    return d / "s.h5"
+
+
+def make_xray(d):
+    flats = np.full((2, 4, 5), 10.0, np.float32)
+    io.write_xray_scan(io.XrayScan(_TILT, _ANGLES, flats, np.zeros((1, 4, 5), np.float32)), d / "x.h5")
+    return d / "x.h5"
+
+
 def _cube(path, **kw):
     cube = io.read_datacube(path, **kw)
     try:
@@ -116,6 +179,18 @@ READERS = [
     ("hdf5-4d", make_h5_4d, _cube),
     ("py4dstem-emd", make_emd, _cube),
     ("probe-image", make_probe_h5, io.read_image),
+]
+#: the microscope formats (io.stem_formats, io.microscope, io.mdoc, io.movie), 500 cases each too
+READERS += [
+    ("merlin-mib", make_mib, lambda p: _cube(p, scan_shape=(2, 3))),
+    ("blockfile", make_blockfile, _cube),
+    ("dm4-4d", make_dm4, _cube),
+    ("velox-emd-4d", make_velox, _cube),
+    ("mrc-mdoc", make_mdoc, lambda p: io.read_tilt_series(p.parent / "t.mrc")),
+    ("movie-hdf5", make_movie, io.read_movie),
+    ("spectrum-image-hdf5", make_spectrum_image, io.read_spectrum_image),
+    ("xray-dxchange", make_xray, io.read_xray_scan),
+    ("dm3-tilt", make_dm3_tilt, io.read_tilt_series),  # a real Gatan file (shared/data)
 ]
 #: more readers, fuzzed with fewer cases (the same code paths as above, other containers)
 MORE_READERS = [

@@ -256,10 +256,19 @@ def test_damaged_hdf5_structure_is_a_file_error(tmp_path):
 
 GOOD_JOB = {"job": {"output": "r.h5", "backend": "cpu"},
             "tomo": {"input": "tilt.h5", "method": "fbp", "iterations": 5, "center": 11.5, "segment": 0,
-                     "angles": "angles.txt", "voxel_size_nm": 0.5, "align": False, "tilt_axis_deg": 0.0},
+                     "angles": "angles.txt", "voxel_size_nm": 0.5, "align": False, "tilt_axis_deg": 0.0,
+                     "offset": "auto", "xf": "a.xf", "center_method": "vo", "rings": "sort", "zingers": 0.5,
+                     "beam_background": 2},
             "stem": {"input": "scan.h5", "phases": ["NiO"], "reference": [0, 2, 0, 2], "probe": [0, 1, 0, 1],
                      "q_pixel_size": 0.02, "energy_kev": 300.0, "convergence_mrad": 1.0,
-                     "shape": [4, 3, 16, 16], "dtype": "uint16"}}
+                     "shape": [4, 3, 16, 16], "dtype": "uint16", "scan_shape": [4, 3]},
+            "xanes": {"input": "x.h5", "references": ["Ni.csv", "NiO.csv"], "center": "auto", "center_method": "vo",
+                      "rings": "sort", "zingers": 0.5, "beam_background": 2, "method": "cgls", "iterations": 12,
+                      "fit": "projection"},
+            "kinetics": {"input": "m.h5", "pixel_size_nm": 0.5, "frame_interval_s": 1.0, "vacuum": "auto"},
+            "eels": {"input": "s.h5", "edge": "Ni-L23", "references": [[3.4, 2.0], [2.2, 0.0]], "valence_from": "ratio",
+                     "low_loss": "ll.h5", "denoise": "pca"},
+            "cluster": {"address": "local", "workers": 2}}
 
 
 def _toml(spec):

@@ -40,6 +40,7 @@ class SpectrumImage:
     meta: dict = field(default_factory=dict)
 
 
+@_files.reader_errors("movie")
 def read_movie(path) -> Movie:
     """Read an in situ movie (HDF5, TIFF, DM3/DM4)."""
     path = _files.existing_file(Path(path), "movie")
@@ -92,6 +93,7 @@ def write_movie(path, data, *, time_s=None, pixel_size_nm=None, frame_interval_s
                     ds.attrs[key] = float(value)
 
 
+@_files.reader_errors("spectrum image")
 def read_spectrum_image(path) -> SpectrumImage:
     """Read an EELS spectrum image (HDF5, DM3/DM4, EMD)."""
     path = _files.existing_file(Path(path), "spectrum image")

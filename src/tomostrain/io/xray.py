@@ -110,11 +110,13 @@ def _read_one(path, want_ndim):
                     {"source": str(path), "format": "dxchange"})
 
 
+@_files.reader_errors("X-ray scan")
 def read_xray_scan(path) -> XrayScan:
     """A raw tomography scan ``(n_angles, rows, cols)`` with its flats/darks (module docstring)."""
     return _read_one(path, (3,))
 
 
+@_files.reader_errors("XANES scan")
 def read_xanes(paths) -> XrayScan:
     """A raw XANES tomography scan ``(n_energies, n_angles, rows, cols)``: one 4-D DXchange
     file, or a list of 3-D files (one per energy, each with a scalar ``/exchange/energy``) that
