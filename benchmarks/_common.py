@@ -94,3 +94,18 @@ def _jsonable(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     return str(obj)
+
+
+def command_line(run, doc: str, **extra) -> None:
+    """``python -m benchmarks.bench_X [--quick] [--out DIR] [--KEY VALUE ...]``: parse the
+    common options (and ``extra`` ones: name -> default, strings) and print ``run``'s JSON path."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default="benchmarks/results/cpu")
+    for name, default in extra.items():
+        p.add_argument(f"--{name}", default=default)
+    args = vars(p.parse_args())
+    print(run(args.pop("out"), **args))
+

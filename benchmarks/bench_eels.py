@@ -6,14 +6,13 @@ synthetic Ni-L23 spectrum image, with each one's L3/L2 RMSE against the truth.
 """
 from __future__ import annotations
 
-import argparse
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import machine, timeit, version_of, write_json
+from benchmarks._common import command_line, machine, timeit, version_of, write_json
 from tomostrain.spectral import white_line_maps
 from tomostrain.synthetic.eels import eels_spectrum_image
 
@@ -84,8 +83,4 @@ def run(out_dir, quick: bool = False, backend: str = "cpu") -> Path:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default="benchmarks/results/cpu")
-    a = p.parse_args()
-    print(run(a.out, quick=a.quick))
+    command_line(run, __doc__)

@@ -6,13 +6,12 @@ truth. No peer: no public package tracks reaction fronts below an original outli
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import machine, write_json
+from benchmarks._common import command_line, machine, write_json
 from tomostrain.analysis.kinetics import fit_track, track_front
 from tomostrain.synthetic.movie import reaction_movie
 
@@ -37,8 +36,4 @@ def run(out_dir, quick: bool = False, backend: str = "cpu") -> Path:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default="benchmarks/results/cpu")
-    a = p.parse_args()
-    print(run(a.out, quick=a.quick))
+    command_line(run, __doc__)

@@ -18,7 +18,6 @@ s, from issue 9) is recorded for reference.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import machine, version_of, write_json
+from benchmarks._common import command_line, machine, version_of, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("TOMOSTRAIN_SHARED_DATA", ROOT.parent / "shared" / "data")) / "etspy" / "HAADF.mrc"
@@ -134,9 +133,4 @@ def run(out_dir, quick: bool = False, backend: str = "cpu", keep: str | None = N
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default="benchmarks/results/cpu")
-    p.add_argument("--keep", default=None, help="copy tomostrain's result file here")
-    args = p.parse_args()
-    print(run(args.out, quick=args.quick, keep=args.keep))
+    command_line(run, __doc__, keep=None)

@@ -14,7 +14,6 @@ shared, and wall time under load says little.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import machine, tiled_nanobeam, version_of, write_json
+from benchmarks._common import command_line, machine, tiled_nanobeam, version_of, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,8 +106,4 @@ def _steps(out):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default="benchmarks/results/cpu")
-    a = p.parse_args()
-    print(run(a.out, a.quick))
+    command_line(run, __doc__)

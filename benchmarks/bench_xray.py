@@ -20,13 +20,12 @@ fitting and fbp vs cgls: seconds and Ni-fraction RMSE in the particle.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import machine, version_of, write_json
+from benchmarks._common import command_line, machine, version_of, write_json
 
 WIDTH, ROWS, ANGLES = 2048, 4, 1201
 QUICK = (512, 2, 361)
@@ -194,8 +193,4 @@ def run(out_dir="benchmarks/results/cpu", quick=False, backend="cpu") -> Path:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default="benchmarks/results/cpu")
-    args = p.parse_args()
-    print(run(args.out, quick=args.quick))
+    command_line(run, __doc__)

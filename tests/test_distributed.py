@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tomostrain.distributed import ChunkedStep, InlineExecutor, ThreadExecutor, gather, map_into, reduce
+from tomostrain.distributed import ChunkedStep, InlineExecutor, ThreadExecutor, gather, reduce
 from tomostrain.errors import InputError
 from tomostrain.reconstruction import reconstruct
 from tomostrain.synthetic import SHEPP_LOGAN, ellipse_sinogram

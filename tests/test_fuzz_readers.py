@@ -235,6 +235,7 @@ def test_damaged_files_raise_only_tomostrain_errors(tmp_path, name, make, read, 
     target = make(tmp_path)
     read(target)  # the undamaged file reads
     original = target.read_bytes()
+    outcomes = {"read": 0, "refused": 0}
 
     @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
@@ -243,7 +244,14 @@ def test_damaged_files_raise_only_tomostrain_errors(tmp_path, name, make, read, 
         target.write_bytes(_apply(original, edits))
         try:
             read(target)
-        except TomostrainError:
-            pass
+        except TomostrainError as exc:  # anything else escapes and fails the test
+            message = str(exc)
+            assert message and "\n" not in message, message  # one line, as the CLI prints it
+            outcomes["refused"] += 1
+        else:
+            outcomes["read"] += 1
 
     fuzz()
+    # the cases ran, and the damage was real: some damaged files were refused with a clear error
+    assert sum(outcomes.values()) >= examples // 2, outcomes
+    assert outcomes["refused"] > 0, outcomes

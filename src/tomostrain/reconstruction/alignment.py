@@ -263,10 +263,6 @@ def _common_field(shape, shifts, a_deg, xp):
     """(ny, nx) float32 mask of the aligned frame seen by every projection, with its edges tapered
     over ``_TAPER`` pixels: 1 inside, smoothly to 0 at the edge."""
     n, ny, nx = shape
-    rot = _rotation(a_deg)
-    c = (np.array([ny, nx]) - 1) / 2.0
-    iy, ix = xp.indices((ny, nx), dtype=xp.float64)
-    py, px = iy - c[0], ix - c[1]
     depth = _depth_inside(shape, shifts, a_deg, xp).min(axis=0)
     taper = max(2.0, 0.04 * min(ny, nx))
     return (0.5 - 0.5 * xp.cos(np.pi * xp.clip(depth / taper, 0.0, 1.0))).astype(xp.float32)

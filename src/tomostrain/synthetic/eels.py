@@ -76,7 +76,6 @@ def eels_spectrum_image(scan_shape=(24, 24), *, edge_eV=855.0, spin_orbit_eV=17.
         peak[idx] = fine[kp]
     # low loss: zero-loss (Gaussian 0.8 eV FWHM) + plasmons at 22 eV with Poisson multiplicity
     el = np.arange(-10.0, 120.0, 0.2)
-    zl = np.exp(-0.5 * (el / 0.34) ** 2)
     ll = np.zeros(scan_shape + (el.size,))
     for m in range(0, 6):
         w_m = np.exp(-thick) * thick ** m / factorial(m)
