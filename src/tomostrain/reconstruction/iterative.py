@@ -22,6 +22,7 @@ Returns (n_rows, n_x, n_x) float32 on the device of ``projections``.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from ..errors import InputError
@@ -31,19 +32,63 @@ from .geometry import TiltGeometry, align_projections, check_series
 
 
 class Operator:
-    """The projector pair ``A``/``A^T`` for one aligned geometry and slice size, on device ``xp``."""
+    """The projector pair ``A``/``A^T`` for one aligned geometry and slice size, on device ``xp``.
+
+    ``forward``/``back`` take and return the public layouts (volume ``[y, z, x]``, series
+    ``[k, y, j]``). SIRT and OS-SART iterate in the device's *work layout* instead: on the CPU
+    rows-last (volume ``[z, x, y]``, series ``[k, j, y]``), where one footprint serves every
+    slice in a SIMD loop (``gpu_core.kernels.projector``); on the GPU the public layout.
+    ``to_work_volume``/``from_work_volume``/``to_work_series`` convert, once per solve.
+    """
 
     def __init__(self, geometry: TiltGeometry, n_x: int, xp):
         self.geometry = geometry
         self.n_x = int(n_x)
         self.xp = xp
         self.table = geometry.kernel_table(xp)
+        self.rows_last = xp is np
 
     def forward(self, x):
         return _k.forward(self.xp.ascontiguousarray(x, dtype=self.xp.float32), self.table, self.geometry.n_cols)
 
     def back(self, p):
         return _k.back(self.xp.ascontiguousarray(p, dtype=self.xp.float32), self.table, self.n_x)
+
+    # --- work layout -------------------------------------------------------------------------
+    def to_work_volume(self, x):
+        return _k.volume_to_rows_last(x) if self.rows_last else x
+
+    def from_work_volume(self, x):
+        return _k.volume_from_rows_last(x) if self.rows_last else x
+
+    def to_work_series(self, b):
+        return _k.swap_last(b) if self.rows_last else b
+
+    def work_forward(self, x):
+        """``A x`` of a work-layout volume, in the work layout."""
+        return _k.forward_rows(x, self.table, self.geometry.n_cols) if self.rows_last else self.forward(x)
+
+    def work_back(self, p):
+        """``A^T p`` of a work-layout series, in the work layout."""
+        return _k.back_rows(p, self.table, self.n_x) if self.rows_last else self.back(p)
+
+    def work_row_weights(self):
+        """``row_weights`` shaped to broadcast over a work-layout series."""
+        w = self.row_weights()
+        return w.reshape(w.shape[0], w.shape[2], 1) if self.rows_last else w
+
+    def work_column_weights(self):
+        """``column_weights`` shaped to broadcast over a work-layout volume."""
+        w = self.column_weights()
+        return w.reshape(self.n_x, self.n_x, 1) if self.rows_last else w
+
+    def work_mask(self, mask):
+        """A support mask ``(1 or n_rows, n_x, n_x)`` in the work layout."""
+        if not self.rows_last:
+            return mask
+        if mask.shape[0] == 1:
+            return mask.reshape(self.n_x, self.n_x, 1)
+        return np.ascontiguousarray(mask.transpose(1, 2, 0))
 
     def subset(self, index) -> "Operator":
         return Operator(self.geometry.subset(index), self.n_x, self.xp)
@@ -138,20 +183,74 @@ def _constrain(x, nonnegative, mask):
     return x
 
 
+@numba.njit(parallel=True, cache=True)
+def _weighted_residual_cpu(b, ax, row, out):
+    """out = row * (b - ax) (row broadcast over the last axis); returns sum (b - ax)^2 in float64."""
+    n0, n1, n2 = b.shape
+    total = 0.0
+    for r in numba.prange(n0 * n1):
+        i, j = r // n1, r % n1
+        w = row[i, j, 0]
+        part = 0.0
+        for q in range(n2):
+            d = b[i, j, q] - ax[i, j, q]
+            part += np.float64(d) * np.float64(d)
+            out[i, j, q] = w * d
+        total += part
+    return total
+
+
+@numba.njit(parallel=True, cache=True)
+def _update_cpu(x, d, col, nonnegative):
+    """x += col * d (col ``(.., .., 1)`` broadcast over the last axis, or full); clip at 0."""
+    n0, n1, n2 = x.shape
+    full = col.shape[2] != 1
+    for r in numba.prange(n0 * n1):
+        i, j = r // n1, r % n1
+        w = col[i, j, 0]
+        for q in range(n2):
+            v = x[i, j, q] + (col[i, j, q] if full else w) * d[i, j, q]
+            x[i, j, q] = max(v, np.float32(0.0)) if nonnegative else v
+
+
+def _weighted_residual(b, ax, row, want_norm):
+    """``(row * (b - ax), ||b - ax||)`` (the norm only when ``want_norm``, else 0.0); one fused
+    threaded pass on the CPU (work layout), array expressions on the GPU. Reuses ``ax``."""
+    xp = backend.xp_of(b)
+    if xp is np and row.ndim == 3 and row.shape[2] == 1:
+        total = _weighted_residual_cpu(b, ax, np.ascontiguousarray(row, np.float32), ax)
+        return ax, float(np.sqrt(total)) if want_norm else 0.0
+    r = b - ax
+    norm = _residual_norm(r) if want_norm else 0.0
+    r *= row
+    return r, norm
+
+
+def _update(x, d, col, nonnegative):
+    """In place: ``x += col * d``, then ``x >= 0`` when ``nonnegative`` (one fused pass on the CPU)."""
+    xp = backend.xp_of(x)
+    if xp is np and col.ndim == 3 and col.shape[:2] == x.shape[:2] and col.shape[2] in (1, x.shape[2]):
+        _update_cpu(x, d, np.ascontiguousarray(col, np.float32), bool(nonnegative))
+        return x
+    d *= col
+    x += d
+    return _constrain(x, nonnegative, None)
+
+
 def sirt(projections, angles_deg=None, center=None, shifts=None, *, geometry=None, iterations=100, x0=None,
          nonnegative=True, support=None, callback=None, n_x=None, relaxation=1.0):
     """SIRT: ``x <- x + relaxation * C A^T R (b - A x)``, ``R = 1/(A 1)``, ``C = 1/(A^T 1)``."""
     b, op, x, mask = prepare(projections, angles_deg, center, shifts, geometry, n_x, x0, support)
-    row, col = op.row_weights(), op.column_weights() * np.float32(relaxation)
+    row, col = op.work_row_weights(), op.work_column_weights() * np.float32(relaxation)
     if mask is not None:
-        col = col * mask
+        col = col * op.work_mask(mask)
+    b, x = op.to_work_series(b), op.to_work_volume(x)
     for it in range(int(iterations)):
-        r = b - op.forward(x)
-        x += col * op.back(row * r)
-        x = _constrain(x, nonnegative, None)
+        r, norm = _weighted_residual(b, op.work_forward(x), row, callback is not None)
+        _update(x, op.work_back(r), col, nonnegative)
         if callback is not None:
-            callback(it, x, _residual_norm(r))
-    return x
+            callback(it, op.from_work_volume(x), norm)
+    return op.from_work_volume(x)
 
 
 def os_sart(projections, angles_deg=None, center=None, shifts=None, *, geometry=None, iterations=10, x0=None,
@@ -164,23 +263,24 @@ def os_sart(projections, angles_deg=None, center=None, shifts=None, *, geometry=
     b, op, x, mask = prepare(projections, angles_deg, center, shifts, geometry, n_x, x0, support)
     n_subsets = max(1, min(int(n_subsets), op.geometry.n_angles))
     order = np.argsort(op.geometry.angles_deg, kind="stable")
+    b, x = op.to_work_series(b), op.to_work_volume(x)
     subsets = []
     for s in range(n_subsets):
         index = np.sort(order[s::n_subsets])
         sub = op.subset(index)
-        col = sub.column_weights() * np.float32(relaxation)
-        subsets.append((op.xp.asarray(index), sub, sub.row_weights(), col if mask is None else col * mask))
+        col = sub.work_column_weights() * np.float32(relaxation)
+        subsets.append((op.xp.ascontiguousarray(b[op.xp.asarray(index)]), sub, sub.work_row_weights(),
+                        col if mask is None else col * op.work_mask(mask)))
     for it in range(int(iterations)):
         total = 0.0
-        for index, sub, row, col in subsets:
-            r = b[index] - sub.forward(x)
-            if callback is not None:  # a host sync per subset on the GPU: only when asked for
-                total += float(op.xp.sum(r.astype(op.xp.float64) ** 2))
-            x += col * sub.back(row * r)
-            x = _constrain(x, nonnegative, None)
+        for b_sub, sub, row, col in subsets:
+            # the residual norm is a host sync per subset on the GPU: only when asked for
+            r, norm = _weighted_residual(b_sub, sub.work_forward(x), row, callback is not None)
+            total += norm ** 2
+            _update(x, sub.work_back(r), col, nonnegative)
         if callback is not None:
-            callback(it, x, float(np.sqrt(total)))
-    return x
+            callback(it, op.from_work_volume(x), float(np.sqrt(total)))
+    return op.from_work_volume(x)
 
 
 def cgls(projections, angles_deg=None, center=None, shifts=None, *, geometry=None, iterations=30, x0=None,

@@ -21,12 +21,17 @@ Both evaluate ``t`` and the weight with the same device functions in float32 and
 float32, so the pair is adjoint to float32 rounding. GPU: one thread per output element (voxel
 or detector bin), fastest index along x / detector columns so that neighbouring threads touch
 neighbouring memory; for steep angles the forward kernel reads a ``[y, x, z]`` copy of the
-volume for the same reason. CPU twins, both voxel driven with the same functions: per (angle,
-z row) one vectorised pass finds every voxel's first bin and its two weights
-(``_row_footprints``), used for ``ROWS`` slices at once; back projection is one task per (slice
-block, z row) gathering along x (bit-identical to the GPU kernel), forward projection one task
-per (slice block, angle) scattering into the detector rows it owns (equal to rounding).
-The per-angle constants come in one ``geometry_table`` ``(n_angles, 5)``.
+volume for the same reason. CPU twins, both voxel driven with the same functions, work in the
+rows-last layout (volume ``[z, x, y]``, series ``[k, j, y]``): the footprint of a voxel at an
+angle is the same for every slice, so per (angle, z row) one vectorised pass finds every voxel's
+first bin and its two weights (``_row_footprints``) and each footprint then serves all rows in
+one contiguous SIMD loop over y. Back projection is one task per (z row, block of ``XB`` x
+voxels) gathering over angles (per voxel the GPU kernel's sum, in its order); forward projection
+one task per (group of ``KA`` angles, block of ``RB`` rows) scattering into the detector rows it
+owns (equal to rounding). ``forward``/``back`` take the GPU layout and transpose on the CPU
+(``swap_last``); iterative methods keep their iterates rows-last (``forward_rows``,
+``back_rows``) and transpose once. The per-angle constants come in one ``geometry_table``
+``(n_angles, 5)``.
 """
 from __future__ import annotations
 
@@ -42,7 +47,9 @@ from . import blocks_for, cupy_stream, register
 
 THREADS = 256
 MAX_BLOCKS = 65535 * 8
-ROWS = 4  # slices per pass of the CPU twins (independent accumulation chains, shared footprints)
+XB = 32   # x voxels per task of ``back_rows_cpu`` (its tile of all rows stays in cache)
+KA = 4    # angles per task of ``forward_rows_cpu`` (the volume is read once per group)
+RB = 256  # rows per task of ``forward_rows_cpu`` (the SIMD loop over y; longer blocks are split)
 
 
 @register_jitable
@@ -160,41 +167,42 @@ def backproject_gpu(proj, geo, out):
 
 
 @numba.njit(parallel=True, cache=True)
-def backproject_cpu(proj, geo, out):
-    """CPU twin of ``backproject_gpu`` (``n_cols >= 2``), voxel driven: one task per z row of a
-    block of ``ROWS`` slices, angles outer, x inner, each footprint serving the whole block."""
-    n_angles, n_rows, n_cols = proj.shape
-    nz, nx = out.shape[1], out.shape[2]
+def back_rows_cpu(proj, geo, out):
+    """CPU twin of ``backproject_gpu`` in the rows-last layout (``n_cols >= 2``).
+
+    proj (n_angles, n_cols, n_rows) ``[k, j, y]`` -> out (n, n, n_rows) ``[z, x, y]``. Voxel
+    driven: one task per (z row, block of ``XB`` x voxels); per angle one vectorised pass finds
+    the block's footprints (``_row_footprints``) and each footprint is applied to all rows at once,
+    a contiguous SIMD loop over y (per voxel the same sum in the same order as the GPU kernel).
+    """
+    n_angles, n_cols, n_rows = proj.shape
+    nz, nx = out.shape[0], out.shape[1]
     half = np.float32(0.5) * np.float32(nx - 1)
-    xs = np.arange(nx).astype(np.float32) - half
     j_max = np.int32(n_cols - 2)
     one = np.uint32(1)
-    for r in numba.prange(-(-n_rows // ROWS) * nz):
-        y0 = (r // nz) * ROWS
-        y1 = min(y0 + ROWS, n_rows)
-        iz = r % nz
+    n_xb = -(-nx // XB)
+    for r in numba.prange(nz * n_xb):
+        iz = r // n_xb
+        x0 = (r % n_xb) * XB
+        x1 = min(x0 + XB, nx)
         zc = np.float32(iz) - half
-        j0 = np.empty(nx, np.uint32)
-        w0 = np.empty(nx, np.float32)
-        w1 = np.empty(nx, np.float32)
-        rows = out[y0:y1, iz]
-        rows[:] = np.float32(0.0)
+        xs = np.arange(x0, x1).astype(np.float32) - half
+        j0 = np.empty(x1 - x0, np.uint32)
+        w0 = np.empty(x1 - x0, np.float32)
+        w1 = np.empty(x1 - x0, np.float32)
+        tile = out[iz, x0:x1]
+        tile[:] = np.float32(0.0)
         for k in range(n_angles):
             _row_footprints(geo, k, zc, xs, j_max, j0, w0, w1)
-            p = proj[k, y0:y1]
-            if y1 - y0 == ROWS:  # one pass over x for all rows: independent chains, one footprint load
-                for ix in range(nx):
-                    j = j0[ix]
-                    a = w0[ix]
-                    b = w1[ix]
-                    for q in range(ROWS):
-                        rows[q, ix] += a * p[q, j]
-                        rows[q, ix] += b * p[q, j + one]
-            else:
-                for q in range(y1 - y0):
-                    for ix in range(nx):
-                        rows[q, ix] += w0[ix] * p[q, j0[ix]]
-                        rows[q, ix] += w1[ix] * p[q, j0[ix] + one]
+            for i in range(x1 - x0):
+                a = w0[i]
+                b = w1[i]
+                o = tile[i]
+                p0 = proj[k, j0[i]]
+                p1 = proj[k, j0[i] + one]
+                for q in range(n_rows):  # from 0 with a plain trip count: LLVM vectorises it
+                    o[q] += a * p0[q]
+                    o[q] += b * p1[q]
 
 
 @cuda.jit
@@ -212,40 +220,120 @@ def forward_gpu(vol, vol_zx, geo, out):
 
 
 @numba.njit(parallel=True, cache=True)
-def forward_cpu(vol, geo, out):
-    """CPU twin of ``forward_gpu`` (``n_cols >= 2``): the transpose of ``backproject_cpu``, one task
-    per (block of ``ROWS`` slices, angle) scattering the voxel rows into the detector rows it owns."""
-    n_angles, n_rows, n_cols = out.shape
-    nz, nx = vol.shape[1], vol.shape[2]
+def forward_rows_cpu(vol, geo, out):
+    """CPU twin of ``forward_gpu`` in the rows-last layout (``n_cols >= 2``): the transpose of
+    ``back_rows_cpu``.
+
+    vol (n, n, n_rows) ``[z, x, y]`` -> out (n_angles, n_cols, n_rows) ``[k, j, y]``. One task per
+    (group of ``KA`` angles, block of ``RB`` rows) owning those detector rows: the volume is read
+    once per group, each voxel row's footprints are found once per angle and scattered into the
+    bins for all the block's rows at once (a contiguous SIMD loop over y).
+    """
+    n_angles, n_cols, n_rows = out.shape
+    nz, nx = vol.shape[0], vol.shape[1]
     half = np.float32(0.5) * np.float32(nx - 1)
     xs = np.arange(nx).astype(np.float32) - half
     j_max = np.int32(n_cols - 2)
     one = np.uint32(1)
-    for r in numba.prange(-(-n_rows // ROWS) * n_angles):
-        y0 = (r // n_angles) * ROWS
-        y1 = min(y0 + ROWS, n_rows)
-        k = r % n_angles
+    n_yb = -(-n_rows // RB)
+    n_kb = -(-n_angles // KA)
+    for r in numba.prange(n_kb * n_yb):
+        y0 = (r % n_yb) * RB
+        y1 = min(y0 + RB, n_rows)
+        k0 = (r // n_yb) * KA
+        k1 = min(k0 + KA, n_angles)
         j0 = np.empty(nx, np.uint32)
         w0 = np.empty(nx, np.float32)
         w1 = np.empty(nx, np.float32)
-        rows = out[k, y0:y1]
-        rows[:] = np.float32(0.0)
+        out[k0:k1, :, y0:y1] = np.float32(0.0)
         for iz in range(nz):
-            _row_footprints(geo, k, np.float32(iz) - half, xs, j_max, j0, w0, w1)
-            v = vol[y0:y1, iz]
-            if y1 - y0 == ROWS:
+            zc = np.float32(iz) - half
+            for k in range(k0, k1):
+                _row_footprints(geo, k, zc, xs, j_max, j0, w0, w1)
                 for ix in range(nx):
-                    j = j0[ix]
                     a = w0[ix]
                     b = w1[ix]
-                    for q in range(ROWS):
-                        rows[q, j] += a * v[q, ix]
-                        rows[q, j + one] += b * v[q, ix]
-            else:
-                for q in range(y1 - y0):
-                    for ix in range(nx):
-                        rows[q, j0[ix]] += w0[ix] * v[q, ix]
-                        rows[q, j0[ix] + one] += w1[ix] * v[q, ix]
+                    v = vol[iz, ix, y0:y1]
+                    o0 = out[k, j0[ix], y0:y1]
+                    o1 = out[k, j0[ix] + one, y0:y1]
+                    for q in range(y1 - y0):
+                        o0[q] += a * v[q]
+                        o1[q] += b * v[q]
+
+
+@numba.njit(parallel=True, cache=True)
+def _swap_last(a, out):
+    """out[i, m, n] = a[i, n, m] for 3-D float32 arrays, in 32 x 32 tiles (one task per tile row)."""
+    n_i, n_n, n_m = a.shape
+    n_t = -(-n_n // 32)
+    for r in numba.prange(n_i * n_t):
+        i = r // n_t
+        n0 = (r % n_t) * 32
+        n1 = min(n0 + 32, n_n)
+        for m0 in range(0, n_m, 32):
+            m1 = min(m0 + 32, n_m)
+            for m in range(m0, m1):
+                for n in range(n0, n1):
+                    out[i, m, n] = a[i, n, m]
+
+
+def swap_last(a):
+    """(i, n, m) -> C-contiguous (i, m, n) float32 copy (threaded on the CPU; CuPy on the GPU)."""
+    if is_gpu_array(a):
+        import cupy as cp
+
+        return cp.ascontiguousarray(a.swapaxes(1, 2), dtype=cp.float32)
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    out = np.empty((a.shape[0], a.shape[2], a.shape[1]), np.float32)
+    if a.size:
+        _swap_last(a, out)
+    return out
+
+
+def volume_to_rows_last(vol):
+    """Volume ``[y, z, x]`` -> rows-last ``[z, x, y]`` (C-contiguous float32 copy)."""
+    n_rows, nz, nx = vol.shape
+    return swap_last(vol.reshape(1, n_rows, nz * nx)).reshape(nz, nx, n_rows)
+
+
+def volume_from_rows_last(vol_t):
+    """Rows-last ``[z, x, y]`` -> volume ``[y, z, x]`` (C-contiguous float32 copy)."""
+    nz, nx, n_rows = vol_t.shape
+    return swap_last(vol_t.reshape(1, nz * nx, n_rows)).reshape(n_rows, nz, nx)
+
+
+def forward_cpu(vol, geo, out):
+    """CPU twin of ``forward_gpu`` in the GPU's layout: vol (n_rows, n, n) ``[y, z, x]`` -> out
+    (n_angles, n_rows, n_cols), through ``forward_rows_cpu`` (``n_cols >= 2``)."""
+    out_t = np.empty((out.shape[0], out.shape[2], out.shape[1]), np.float32)
+    forward_rows_cpu(volume_to_rows_last(vol), geo, out_t)
+    out[...] = swap_last(out_t)
+
+
+def backproject_cpu(proj, geo, out):
+    """CPU twin of ``backproject_gpu`` in the GPU's layout: proj (n_angles, n_rows, n_cols) ->
+    out (n_rows, n, n) ``[y, z, x]``, through ``back_rows_cpu`` (``n_cols >= 2``)."""
+    out_t = np.empty((out.shape[1], out.shape[2], out.shape[0]), np.float32)
+    back_rows_cpu(swap_last(proj), geo, out_t)
+    out[...] = volume_from_rows_last(out_t)
+
+
+def forward_rows(vol_t, geo, n_cols: int):
+    """CPU forward projection in the rows-last layout: vol_t (n, n, n_rows) ``[z, x, y]`` float32
+    C-contiguous, geo the host ``geometry_table`` -> (n_angles, n_cols, n_rows) ``[k, j, y]``."""
+    out = np.empty((geo.shape[0], max(n_cols, 2), vol_t.shape[2]), np.float32)
+    forward_rows_cpu(vol_t, geo, out)
+    return out if n_cols >= 2 else np.ascontiguousarray(out[:, :n_cols])
+
+
+def back_rows(proj_t, geo, n_x: int):
+    """CPU back projection in the rows-last layout: proj_t (n_angles, n_cols, n_rows) ``[k, j, y]``
+    float32 C-contiguous -> (n_x, n_x, n_rows) ``[z, x, y]``."""
+    if proj_t.shape[1] < 2:  # an empty second column changes nothing (see ``forward``)
+        proj_t = np.pad(proj_t, ((0, 0), (0, 1), (0, 0)))
+    out = np.empty((n_x, n_x, proj_t.shape[2]), np.float32)
+    back_rows_cpu(proj_t, geo, out)
+    return out
 
 
 def geometry_table(cos, sin, centres):
@@ -269,9 +357,7 @@ def forward(volume, geo, n_cols: int):
     """
     if not is_gpu_array(volume):
         # bins are absolute columns: a one-column detector is column 0 of a two-column one
-        out = np.empty((geo.shape[0], volume.shape[0], max(n_cols, 2)), np.float32)
-        forward_cpu(volume, geo, out)
-        return out if n_cols >= 2 else np.ascontiguousarray(out[:, :, :n_cols])
+        return swap_last(forward_rows(volume_to_rows_last(volume), geo, n_cols))
     import cupy as cp
 
     out = cp.empty((geo.shape[0], volume.shape[0], n_cols), cp.float32)
@@ -288,11 +374,7 @@ def back(projections, geo, n_x: int):
     the same device. Returns (n_rows, n_x, n_x) float32 ``[y, z, x]``.
     """
     if not is_gpu_array(projections):
-        if projections.shape[2] < 2:  # an empty second column changes nothing (see ``forward``)
-            projections = np.pad(projections, ((0, 0), (0, 0), (0, 1)))
-        out = np.empty((projections.shape[1], n_x, n_x), np.float32)
-        backproject_cpu(projections, geo, out)
-        return out
+        return volume_from_rows_last(back_rows(swap_last(projections), geo, n_x))
     import cupy as cp
 
     out = cp.empty((projections.shape[1], n_x, n_x), cp.float32)
@@ -307,10 +389,10 @@ def _table(rng, n_angles, n_cols):
 
 
 def _sim_forward(rng):
-    vol = rng.random((ROWS + 1, 7, 7), dtype=np.float32)  # a full block of slices and a remainder
+    vol = rng.random((5, 7, 7), dtype=np.float32)
     vol_zx = np.ascontiguousarray(vol.transpose(0, 2, 1))
     geo = _table(rng, 5, 9)
-    want = np.empty((5, ROWS + 1, 9), np.float32)
+    want = np.empty((5, 5, 9), np.float32)
     forward_cpu(vol, geo, want)
 
     def launch():
@@ -322,9 +404,9 @@ def _sim_forward(rng):
 
 
 def _sim_back(rng):
-    proj = rng.random((5, ROWS + 1, 9), dtype=np.float32)
+    proj = rng.random((5, 5, 9), dtype=np.float32)
     geo = _table(rng, 5, 9)
-    want = np.empty((ROWS + 1, 7, 7), np.float32)
+    want = np.empty((5, 7, 7), np.float32)
     backproject_cpu(proj, geo, want)
 
     def launch():
