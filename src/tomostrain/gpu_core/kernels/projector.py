@@ -48,7 +48,7 @@ from . import blocks_for, cupy_stream, register
 THREADS = 256
 MAX_BLOCKS = 65535 * 8
 XB = 32   # x voxels per task of ``back_rows_cpu`` (its tile of all rows stays in cache)
-KA = 4    # angles per task of ``forward_rows_cpu`` (the volume is read once per group)
+KA = 8    # angles per task of ``forward_rows_cpu`` (the volume is read once per group)
 RB = 256  # rows per task of ``forward_rows_cpu`` (the SIMD loop over y; longer blocks are split)
 
 
@@ -201,8 +201,7 @@ def back_rows_cpu(proj, geo, out):
                 p0 = proj[k, j0[i]]
                 p1 = proj[k, j0[i] + one]
                 for q in range(n_rows):  # from 0 with a plain trip count: LLVM vectorises it
-                    o[q] += a * p0[q]
-                    o[q] += b * p1[q]
+                    o[q] = (o[q] + a * p0[q]) + b * p1[q]  # the GPU's two additions, one store
 
 
 @cuda.jit
