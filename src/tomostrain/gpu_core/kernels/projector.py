@@ -47,7 +47,7 @@ from . import blocks_for, cupy_stream, register
 
 THREADS = 256
 MAX_BLOCKS = 65535 * 8
-XB = 32   # x voxels per task of ``back_rows_cpu`` (its tile of all rows stays in cache)
+XB = 64   # x voxels per task of ``back_rows_cpu`` (its tile of all rows stays in cache)
 KA = 8    # angles per task of ``forward_rows_cpu`` (the volume is read once per group)
 RB = 256  # rows per task of ``forward_rows_cpu`` (the SIMD loop over y; longer blocks are split)
 
@@ -173,7 +173,8 @@ def back_rows_cpu(proj, geo, out):
     proj (n_angles, n_cols, n_rows) ``[k, j, y]`` -> out (n, n, n_rows) ``[z, x, y]``. Voxel
     driven: one task per (z row, block of ``XB`` x voxels); per angle one vectorised pass finds
     the block's footprints (``_row_footprints``) and each footprint is applied to all rows at once,
-    a contiguous SIMD loop over y (per voxel the same sum in the same order as the GPU kernel).
+    a contiguous SIMD loop over y, two angles per pass over the tile (per voxel the same sum in
+    the same order as the GPU kernel: bit-identical).
     """
     n_angles, n_cols, n_rows = proj.shape
     nz, nx = out.shape[0], out.shape[1]
@@ -187,21 +188,42 @@ def back_rows_cpu(proj, geo, out):
         x1 = min(x0 + XB, nx)
         zc = np.float32(iz) - half
         xs = np.arange(x0, x1).astype(np.float32) - half
-        j0 = np.empty(x1 - x0, np.uint32)
-        w0 = np.empty(x1 - x0, np.float32)
-        w1 = np.empty(x1 - x0, np.float32)
+        m = x1 - x0
+        j0 = np.empty(m, np.uint32)
+        w0 = np.empty(m, np.float32)
+        w1 = np.empty(m, np.float32)
+        j0b = np.empty(m, np.uint32)
+        w0b = np.empty(m, np.float32)
+        w1b = np.empty(m, np.float32)
         tile = out[iz, x0:x1]
         tile[:] = np.float32(0.0)
-        for k in range(n_angles):
+        for k in range(0, n_angles - 1, 2):  # two angles per pass: one load and store of the tile
             _row_footprints(geo, k, zc, xs, j_max, j0, w0, w1)
-            for i in range(x1 - x0):
+            _row_footprints(geo, k + 1, zc, xs, j_max, j0b, w0b, w1b)
+            for i in range(m):
+                a = w0[i]
+                b = w1[i]
+                c = w0b[i]
+                d = w1b[i]
+                o = tile[i]
+                p0 = proj[k, j0[i]]
+                p1 = proj[k, j0[i] + one]
+                p2 = proj[k + 1, j0b[i]]
+                p3 = proj[k + 1, j0b[i] + one]
+                for q in range(n_rows):  # from 0 with a plain trip count: LLVM vectorises it
+                    # the GPU's additions in its order (angle k: bins j0, j0 + 1; then angle k + 1)
+                    o[q] = (((o[q] + a * p0[q]) + b * p1[q]) + c * p2[q]) + d * p3[q]
+        if n_angles % 2:
+            k = n_angles - 1
+            _row_footprints(geo, k, zc, xs, j_max, j0, w0, w1)
+            for i in range(m):
                 a = w0[i]
                 b = w1[i]
                 o = tile[i]
                 p0 = proj[k, j0[i]]
                 p1 = proj[k, j0[i] + one]
-                for q in range(n_rows):  # from 0 with a plain trip count: LLVM vectorises it
-                    o[q] = (o[q] + a * p0[q]) + b * p1[q]  # the GPU's two additions, one store
+                for q in range(n_rows):
+                    o[q] = (o[q] + a * p0[q]) + b * p1[q]
 
 
 @cuda.jit
