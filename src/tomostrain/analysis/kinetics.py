@@ -3,22 +3,23 @@
 The front depth is measured below the ORIGINAL surface: the outline of the first frame (the
 sheet swells outward as it reacts, so the current edge is not the reference). Steps:
 
-1. ``register``: every frame against the first by whitened, low-passed FFT cross-correlation
-   (``gpu_core.registration.shift_nd``; fine static texture outweighs the moving edges), then
-   once more with the region that changes (between the swollen outline and the front) masked out.
+1. ``register_frames``: a coarse chain (each frame against the previous, whitened band-passed
+   FFT cross-correlation, ``gpu_core.registration.shift_nd``, on block-averaged frames), then
+   ``_register_sequential``: each frame against the first, masked to what the previous frame
+   showed stable (a masked FFT correlation of block-averaged frames, then Lucas-Kanade).
 2. ``original_depth``: the first frame is smoothed, split into vacuum and material at the
    midpoint of the two Otsu classes' medians, and its signed Euclidean distance (positive inside,
-   pixels) taken on a 4x (3D: 2x) finer grid so that the outline is sub-pixel.
+   pixels) taken on a 4x (3D and frames of 512 px or more: 2x) finer grid (a sub-pixel outline).
 3. ``front_profiles``: for every frame, the median intensity in 0.5-px bins of depth below the
    original outline (the depth map moved by the frame's shift). The median ignores Ni dots and
    Poisson outliers; binning over the whole outline averages the noise.
 4. The per-frame model ``P(d) = b [1 + (q - 1) Phi((x - d) / w)]`` for depths beyond
    ``D_LO_PX``: ``b`` that frame's core level (so fading, flicker and the gain cancel), ``q``
    the reacted/core intensity ratio (one for the movie, measured on the frames where both levels
-   are in view with both levels free), ``x`` the front depth and ``w`` its width, found by a
-   vectorised grid search over (x, w) with a parabola through the best x. The same step model on
-   the vacuum side gives the swollen outline, which (with the front) bounds the region masked
-   out of the refining registration passes.
+   are in view with both levels free), ``x`` the front depth and ``w`` its width, found by an
+   exact hard change point (cumulative sums) refined on a 0.1-px grid per width with a parabola.
+   The same step model on the vacuum side gives the swollen outline, which (with the front)
+   bounds the region masked out of the registration against the first frame.
    The front is where the profile is halfway between the reacted and the unreacted level.
 5. ``fit_power_law``: ``x = k (t - t0)^n`` by bounded least squares on the frames whose front is
    above the detection limit, with 1-sigma errors from the Jacobian; the velocity
@@ -49,6 +50,8 @@ DETECT_PX = 2.0       # the power law is fitted to fronts deeper than this (and 
 BIN_TARGET_PX = 256   # registration FFTs run on frames block-averaged to about this many px per side
 N_LEVELS = 1024       # intensity levels of the per-bin histograms whose medians make the profiles
 MIN_CONTRAST = 0.08   # a step fit counts as a front only with |step| > this fraction of its far level
+LK_BAND_PX = (0.75, 3.0)  # Lucas-Kanade refinement on frames band-passed by these Gaussians (px)
+LOCAL_PX = 6.0        # the front's last fit uses the bins within this of the global fit's front
 FINE_HALF_PX = 3.0    # the fine front search spans the coarse change point +- this
 
 
@@ -446,6 +449,13 @@ def _measure(frames, shifts, depth, valid):
     q = float(np.nanmedian(ratio[pick]))
     # pass B: one level b per frame, q fixed (illumination changes are multiplicative)
     x, w, b, _ = _grid_fit(y, wts, centres, q, deepest)
+    # pass C: the same with the bins within LOCAL_PX of that front only, so that levels far from
+    # the front (static thickness texture, illumination gradients, the field of view drifting over
+    # the particle) do not pull it
+    near = inside & (np.abs(centres[None, :] - x[:, None]) < LOCAL_PX)
+    xc, wc, bc, _ = _grid_fit(np.where(near, med, 0.0), np.where(near, np.sqrt(cnt), 0.0), centres, q, deepest)
+    refit = (x > 2 * LOCAL_PX / 4) & (near.sum(1) >= 12)
+    x, w = np.where(refit, xc, x), np.where(refit, wc, w)
     # the swollen outline: the same step model on the vacuum side, levels free
     outside = (centres <= -D_LO_PX)[None, :] & good
     if outside.sum(1).min() >= 6:
@@ -572,9 +582,10 @@ def _inside(shape, d):
 
 
 def _refine_lk(moving, reference, keep, d, iters=4, max_step=1.0):
-    """Sub-pixel refinement of ``d`` (``moving(p + d) ~ reference(p)``, both band-passed, same
-    grid) by Gauss-Newton on the masked squared difference (Lucas-Kanade): per iteration one
-    linear resampling, one gradient and an ndim x ndim solve. Returns d (unchanged if singular)."""
+    """Sub-pixel refinement of ``d`` (``a moving(p + d) ~ reference(p)``, both band-passed, same
+    grid, ``a`` a free gain: fading and flicker) by Gauss-Newton on the masked squared difference
+    (Lucas-Kanade): per iteration one linear resampling, one gradient and a small solve for
+    (a, a delta). Returns d (unchanged where singular)."""
     d = np.asarray(d, np.float64).copy()
     for _ in range(iters):
         m = ndimage.shift(moving, -d, order=1, mode="nearest", prefilter=False)
@@ -582,19 +593,18 @@ def _refine_lk(moving, reference, keep, d, iters=4, max_step=1.0):
         if wgt.mean() < MIN_STABLE_FRACTION:
             break
         g = np.gradient(m)
-        if moving.ndim == 1:
-            g = [g]
-        r = (m - reference) * wgt
-        A = np.array([[float(np.vdot(g[i] * wgt, g[j])) for j in range(len(g))] for i in range(len(g))])
-        rhs = np.array([float(np.vdot(g[i], r)) for i in range(len(g))])
+        basis = [m] + (list(g) if moving.ndim > 1 else [g])
+        A = np.array([[float(np.vdot(bi * wgt, bj)) for bj in basis] for bi in basis])
+        rhs = np.array([float(np.vdot(bi * wgt, reference)) for bi in basis])
         try:
-            delta = -np.linalg.solve(A, rhs)
+            u = np.linalg.solve(A, rhs)
         except np.linalg.LinAlgError:
             break
-        if not np.isfinite(delta).all():
+        if not (np.isfinite(u).all() and u[0] > 0):
             break
+        delta = u[1:] / u[0]
         d += np.clip(delta, -max_step, max_step)
-        if np.abs(delta).max() < 0.005:
+        if np.abs(delta).max() < 0.002:
             break
     return d
 
@@ -618,7 +628,7 @@ def _register_sequential(frames, depth, valid, chain, backend, margin=6.0, searc
     hp_c = max(1.0, 3.0 / b)
     ref_c = be.to_device(_highpass(coarse[0], hp_c), where)
     xp = be.xp_of(ref_c)
-    band = (0.75 / bl ** 0.5, 3.0 / bl)
+    band = (LK_BAND_PX[0] / bl ** 0.5, LK_BAND_PX[1] / bl)
     ref_f = _bandpass(fine[0], *band)
     depth_c = _block_mean(depth[None], b)[0]
     depth_f = _block_mean(depth[None], bl)[0]
