@@ -452,9 +452,17 @@ def _measure(frames, shifts, depth, valid):
     # pass C: the same with the bins within LOCAL_PX of that front only, so that levels far from
     # the front (static thickness texture, illumination gradients, the field of view drifting over
     # the particle) do not pull it
+    # a profile with (almost) no core bins left is as well fitted by "no front yet" at the reacted
+    # level: the core level moves slowly (fading), so frames whose level jumps from its running
+    # median towards q times it are fitted again with the level fixed to that median
+    b_run = _level_trend(b, 0.5 * abs(np.log(q)) if q > 0 else 0.3)
+    jump = np.abs(b / np.where(b_run != 0, b_run, np.nan) - 1) > 0.5 * abs(1 - q)
+    if jump.any() and jump.mean() < 0.3:
+        xj, wj, bj, _ = _grid_fit(y[jump], wts[jump], centres, q, deepest, level=b_run[jump])
+        x[jump], w[jump], b[jump] = xj, wj, bj
     near = inside & (np.abs(centres[None, :] - x[:, None]) < LOCAL_PX)
     xc, wc, bc, _ = _grid_fit(np.where(near, med, 0.0), np.where(near, np.sqrt(cnt), 0.0), centres, q, deepest)
-    refit = (x > 2 * LOCAL_PX / 4) & (near.sum(1) >= 12)
+    refit = (x > 2 * LOCAL_PX / 4) & (near.sum(1) >= 12) & (np.abs(xc - x) < LOCAL_PX / 2)
     x, w = np.where(refit, xc, x), np.where(refit, wc, w)
     # the swollen outline: the same step model on the vacuum side, levels free
     outside = (centres <= -D_LO_PX)[None, :] & good
@@ -467,11 +475,30 @@ def _measure(frames, shifts, depth, valid):
     return x, w, q, levels, deepest, np.clip(sw, 0.0, None)
 
 
-def _grid_fit(y, wts, centres, rho, deepest):
+def _level_trend(b, tol, degree=2, iters=4):
+    """A smooth trend of the per-frame levels ``b`` (illumination fading): a quadratic in frame
+    index fitted to log b, refitted without the frames more than ``tol`` (in log) off it."""
+    t = np.arange(len(b), dtype=float)
+    ok = np.isfinite(b) & (b > 0)
+    if ok.sum() <= degree + 2:
+        return np.asarray(b, float)
+    logb = np.log(np.where(ok, b, 1.0))
+    keep = ok.copy()
+    for _ in range(iters):
+        coef = np.polyfit(t[keep], logb[keep], degree)
+        new = ok & (np.abs(logb - np.polyval(coef, t)) < tol)
+        if new.sum() <= degree + 2 or np.array_equal(new, keep):
+            break
+        keep = new
+    return np.exp(np.polyval(coef, t))
+
+
+def _grid_fit(y, wts, centres, rho, deepest, level=None):
     """Least-squares step model per frame (rows of ``y``, bin ``centres`` ascending and evenly
     spaced, weights ``wts``); returns x, w, and the linear level(s).
 
-    rho None: y = c + s Phi((x - d)/w) (two linear parameters); else y = b [1 + (rho-1) Phi].
+    rho None: y = c + s Phi((x - d)/w) (two linear parameters); else y = b [1 + (rho-1) Phi],
+    with ``b`` fitted or, given ``level`` (n,), fixed to it.
     Coarse: the best hard step between two bins, exactly, from cumulative sums. Fine: x on a
     ``X_STEP_PX`` grid within ``FINE_HALF_PX`` of it for every width in ``WIDTHS_PX``, with a
     parabola through the best x; Phi is evaluated only within 8 widths of the candidates (beyond,
@@ -480,7 +507,6 @@ def _grid_fit(y, wts, centres, rho, deepest):
     y = np.asarray(y, np.float64)
     W = np.asarray(wts, np.float64) ** 2
     n, m = y.shape
-    rows = np.arange(n)
     Wy = W * y
     wyy = (Wy * y).sum(1)
     cW = np.concatenate([np.zeros((n, 1)), np.cumsum(W, 1)], 1)     # sums over bins < k
@@ -492,10 +518,34 @@ def _grid_fit(y, wts, centres, rho, deepest):
             sse = -np.where(cW > 0, cY ** 2 / cW, 0.0) - np.where(SW - cW > 0, (SY - cY) ** 2 / (SW - cW), 0.0)
         else:
             ll, yl = rho ** 2 * cW + (SW - cW), rho * cY + (SY - cY)
-            sse = -np.where(ll > 0, yl ** 2 / ll, 0.0)
-    k = np.argmin(sse, 1)
+            if level is None:
+                sse = -np.where(ll > 0, yl ** 2 / ll, 0.0)
+            else:
+                lv = np.asarray(level, np.float64)[:, None]
+                sse = -2 * lv * yl + lv ** 2 * ll
     split = np.concatenate([centres - 0.5 * step_d, [centres[-1] + 0.5 * step_d]])
-    xc = np.clip(split[k], -1.0 + FINE_HALF_PX, deepest + 2.0 - FINE_HALF_PX)
+    # two candidates: the best hard step, and the best one farther than 2 FINE_HALF_PX from it
+    # (near-ties: a front close to the deepest bin against an all-reacted profile)
+    k1 = np.argmin(sse, 1)
+    far = np.abs(split[None, :] - split[k1][:, None]) > 2 * FINE_HALF_PX
+    k2 = np.argmin(np.where(far, sse, np.inf), 1)
+    best = None
+    for k in (k1, k2):
+        xc = np.clip(split[k], -1.0 + FINE_HALF_PX, deepest + 2.0 - FINE_HALF_PX)
+        res = _fine_fit(xc, centres, step_d, W, Wy, wyy, cW, cY, SW, SY, rho, level)
+        if best is None:
+            best = res
+        else:
+            better = res[4] < best[4]
+            best = tuple(np.where(better, r, o) for r, o in zip(res, best))
+    return best[:4]
+
+
+def _fine_fit(xc, centres, step_d, W, Wy, wyy, cW, cY, SW, SY, rho, level=None):
+    """The smooth step model on a 0.1-px grid within FINE_HALF_PX of ``xc`` (see ``_grid_fit``):
+    (x, w, level, step, residual) per frame."""
+    n, m = W.shape
+    rows = np.arange(n)
     off = np.arange(-FINE_HALF_PX, FINE_HALF_PX + 1e-9, X_STEP_PX)
     xs = xc[:, None] + off[None, :]                                   # (n, n_x)
     half = FINE_HALF_PX + 8.0 * max(WIDTHS_PX)
@@ -529,9 +579,13 @@ def _grid_fit(y, wts, centres, rho, deepest):
             L = 1.0 + (rho - 1.0) * phi
             ll = rho ** 2 * L0 + R0 + np.einsum("nxw,nw->nx", L * L, Ww)
             yl = rho * LY + RY + np.einsum("nxw,nw->nx", L, Wyw)
-            c = yl / np.where(ll > 0, ll, np.inf)
-            s = np.zeros_like(c)
-            r = wyy[:, None] - c * yl
+            s = np.zeros_like(yl)
+            if level is None:
+                c = yl / np.where(ll > 0, ll, np.inf)
+                r = wyy[:, None] - c * yl
+            else:
+                c = np.broadcast_to(np.asarray(level, np.float64)[:, None], yl.shape)
+                r = wyy[:, None] - 2 * c * yl + c ** 2 * ll
         j = np.argmin(r, 1)
         rj = r[rows, j]
         better = rj < best_r
@@ -546,7 +600,7 @@ def _grid_fit(y, wts, centres, rho, deepest):
         out_w = np.where(better, w, out_w)
         out_a = np.where(better, c[rows, j], out_a)
         out_b = np.where(better, s[rows, j], out_b)
-    return out_x, out_w, out_a, out_b
+    return out_x, out_w, out_a, out_b, best_r
 
 
 def _bin_factor(shape):
