@@ -100,7 +100,7 @@ def power_law(t, k, n, t0):
 
 
 def track_front(frames, time_s=None, pixel_size_nm=1.0, *, frame_interval_s=None, vacuum="auto",
-                register=True, backend="auto") -> FrontTrack:
+                register=True, backend="auto", executor=None) -> FrontTrack:
     """Front depth below the first frame's outline in every frame of ``frames``.
 
     frames : (n_frames, y, x) movie or (n_volumes, z, y, x) volumes, any real dtype.
@@ -108,6 +108,8 @@ def track_front(frames, time_s=None, pixel_size_nm=1.0, *, frame_interval_s=None
     vacuum : "bright" (bright-field TEM), "dark" (HAADF/dark field, reconstructed volumes) or
         "auto" (the side into which the changes over the movie reach deeper is the material).
     register : False when the frames are already aligned.
+    executor : a ``distributed`` executor for the per-frame depth profiles of the final
+        measurement (a map over frames); the sequential registration runs here. Same result.
     """
     frames = _check_frames(frames)
     n_frames, shape = frames.shape[0], frames.shape[1:]
@@ -124,7 +126,7 @@ def track_front(frames, time_s=None, pixel_size_nm=1.0, *, frame_interval_s=None
         if side == "dark":
             depth = -depth  # the complementary mask's signed distance (exactly, see original_depth)
     shifts = _register_sequential(host, depth, valid, chain, backend) if register else chain
-    result = _measure(host, shifts, depth, valid)
+    result = _measure(host, shifts, depth, valid, executor)
     x, w, rho, levels, dmax, _swell = result
     return FrontTrack(time_s=time_s, front_nm=x * pixel_size_nm, front_px=x, width_px=w, shifts_px=shifts,
                       depth_px=depth, rho=rho, vacuum=side, pixel_size_nm=float(pixel_size_nm),
@@ -244,6 +246,23 @@ def front_profiles(frames, shifts, depth, valid, edges):
         idx = np.minimum(((d[ok] - edges[0]) / (edges[1] - edges[0])).astype(np.int64), n_bins - 1)
         med[t], cnt[t] = _bin_medians(img[ok], idx, n_bins)
     return med, cnt
+
+
+class ProfileStep:
+    """``front_profiles`` as a chunked map step over frames (``distributed``: inline, threads,
+    Dask); partials are (medians, counts) of a run of frames."""
+
+    kind = ("map", "map")
+    minimum = 1
+
+    def __init__(self, frames, shifts, depth, valid, edges):
+        self.frames, self.shifts = np.asarray(frames, np.float32), np.asarray(shifts, np.float64)
+        self.depth, self.valid, self.edges = depth, valid, np.asarray(edges)
+        self.n_items = int(self.frames.shape[0])
+        self.bytes_per_item = int(self.frames[0].nbytes) * 6 + 16 * len(self.edges) * (N_LEVELS + 2)
+
+    def process(self, items: slice):
+        return front_profiles(self.frames[items], self.shifts[items], self.depth, self.valid, self.edges)
 
 
 def _bin_medians(values, idx, n_bins, n_levels=N_LEVELS):
@@ -428,11 +447,16 @@ def _edges(depth, valid):
     return edges, 0.5 * (edges[:-1] + edges[1:])
 
 
-def _measure(frames, shifts, depth, valid):
+def _measure(frames, shifts, depth, valid, executor=None):
     """Front depth, width, contrast ratio, levels, deepest measured bin and the outward swelling
     (pixels beyond the original outline) from the depth profiles of every frame."""
     edges, centres = _edges(depth, valid)
-    med, cnt = front_profiles(frames, shifts, depth, valid, edges)
+    if executor is None:
+        med, cnt = front_profiles(frames, shifts, depth, valid, edges)
+    else:
+        from ..distributed import collect
+
+        med, cnt = collect(executor, ProfileStep(frames, shifts, depth, valid, edges))
     good = cnt >= MIN_BIN_COUNT
     inside = (centres >= D_LO_PX)[None, :] & good
     deepest = float(centres[inside.any(0)].max()) if inside.any() else D_LO_PX
