@@ -718,9 +718,11 @@ def _register_sequential(frames, depth, valid, chain, backend, margin=6.0, searc
     for t in range(1, n):
         step = chain[t] - chain[t - 1]
         start = shifts[t - 1] + step
-        # the chain step can be wrong where much changed between two frames: search wide enough to
-        # cover the previous frame's shift as well (the masked content does not change)
-        radius = search + float(np.abs(step).max()) + 8.0
+        # a large chain step can be wrong (much changed between two frames): then search wide
+        # enough to cover the previous frame's shift as well; otherwise near the start only (a
+        # small stable area can show a wrong peak a few px away)
+        big = float(np.abs(step).max())
+        radius = search + big + 8.0 if big > search else search
         keep_c = (depth_c > x_prev + margin) | (depth_c < -sw_prev - margin)
         keep_f = (depth_f > x_prev + margin) | (depth_f < -sw_prev - margin)
         r = np.round(start / b)
