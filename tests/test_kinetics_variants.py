@@ -22,11 +22,13 @@ VARIANTS = [
     ("disc", 1.0, "bf", 25, 112, {"final_depth_px": 45, "swelling": 0.3}),
     ("wavy", 1.0, "df", 20, 102, {}),
     ("corner", 0.5, "bf", 35, 202, {"t0_s": 50.0}),   # the front reaches the deepest bin at the end
+    ("disc", 1.0, "df", 15, 203, {"dose": 150}),      # a small stable area once showed a wrong 7 px peak
 ]
-# measured shortfall (n = 1 dark field, late start, 128 px): a slowly varying front bias of
-# 0.1-0.3 px moves n by 0.018, which in nm/s^n is a k error of 7.5 %
+# measured shortfalls (n = 1 dark field, 128 px): a slowly varying front bias of 0.1-0.3 px moves
+# n by 0.018-0.024, which in nm/s^n is a k error of 7.5-10 %
 KNOWN = [
     ("lobed", 1.0, "df", 30, 110, {"t0_s": 30.0}),
+    ("wavy", 1.0, "df", 30, 206, {"final_depth_px": 25}),
 ]
 
 
@@ -49,8 +51,8 @@ def test_kinetics_thresholds_on_movie_variants(outline, n, contrast, drift, seed
     assert abs(dk) <= 0.05, dk
 
 
-@pytest.mark.xfail(strict=True, reason="known: k 7.5 % low on this n = 1 dark-field movie "
-                                       "(n 1.018, front RMSE 0.18 nm)")
+@pytest.mark.xfail(strict=True, reason="known: k 7.5 % and 9.8 % low on these n = 1 dark-field "
+                                       "movies (n 1.018 and 1.024, front RMSE 0.18 nm)")
 @pytest.mark.parametrize("outline,n,contrast,drift,seed,extra", KNOWN)
 def test_kinetics_known_k_shortfall(outline, n, contrast, drift, seed, extra):
     rmse, dn, dk = _check(outline, n, contrast, drift, seed, extra)
