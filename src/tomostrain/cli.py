@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--vacuum", default="auto", choices=["auto", "bright", "dark"],
                    help="vacuum is bright (bright-field TEM) or dark (HAADF/DF); auto: decided from the movie")
     k.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
+    add_cluster_option(k)
 
     e = sub.add_parser("eels", help="EELS white-line maps of a spectrum image: L3/L2, L3 onset, valence, t/lambda")
     e.add_argument("input", type=Path, help="spectrum image (scan_y, scan_x, energy): HDF5, DM3/DM4 or EMD")
@@ -276,7 +277,7 @@ def _dispatch(args, command: str) -> int:
         return 0
     if args.command == "kinetics":
         pipeline.kinetics(args.input, args.output, pixel_size_nm=args.pixel_size, frame_interval_s=args.frame_interval,
-                          vacuum=args.vacuum, backend=args.backend, command=command)
+                          vacuum=args.vacuum, backend=args.backend, command=command, cluster=args.cluster)
         return 0
     if args.command == "eels":
         pipeline.eels(args.input, args.output, edge=args.edge, references=args.references,

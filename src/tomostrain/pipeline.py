@@ -741,7 +741,7 @@ def _close(cube) -> None:
 
 @safety.entry_point
 def kinetics(input, output, *, pixel_size_nm=None, frame_interval_s=None, vacuum="auto", backend="auto",
-             command="", job: Job | None = None) -> Path | None:
+             command="", job: Job | None = None, cluster=None) -> Path | None:
     """Reaction-front kinetics of an in situ movie (file or ``io.Movie``): register, track the
     front below the first frame's outline, fit x = k (t - t0)^n; write ``/kinetics``.
 
@@ -757,6 +757,13 @@ def kinetics(input, output, *, pixel_size_nm=None, frame_interval_s=None, vacuum
                            "pixel_size_nm": pixel_size_nm, "frame_interval_s": frame_interval_s, "vacuum": vacuum}}
     own = job is None
     job = job or Job(Path(output), command, params, backend)
+    if own and cluster is not None:  # the per-frame profiles run on the cluster (same result)
+        from .distributed import open_cluster
+
+        with open_cluster(cluster) as job.executor:
+            kinetics(input, None, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s, vacuum=vacuum,
+                     job=job)
+        return job.finish()
     movie = input if hasattr(input, "data") else io.read_movie(Path(input))
     px = pixel_size_nm or movie.pixel_size_nm
     if not px:
@@ -769,7 +776,7 @@ def kinetics(input, output, *, pixel_size_nm=None, frame_interval_s=None, vacuum
         times = np.arange(movie.data.shape[0]) * float(interval)
     if not job.done("front"):
         with job.step("front"):
-            track = track_front(movie.data, times, px, vacuum=vacuum, backend=job.backend)
+            track = track_front(movie.data, times, px, vacuum=vacuum, backend=job.backend, executor=job.executor)
             fit = fit_track(track)
             preview = np.unique(np.linspace(0, len(times) - 1, 4).round().astype(int))
             job.results["kinetics"] = {

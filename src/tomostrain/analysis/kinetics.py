@@ -3,22 +3,23 @@
 The front depth is measured below the ORIGINAL surface: the outline of the first frame (the
 sheet swells outward as it reacts, so the current edge is not the reference). Steps:
 
-1. ``register``: every frame against the first by whitened, low-passed FFT cross-correlation
-   (``gpu_core.registration.shift_nd``; fine static texture outweighs the moving edges), then
-   once more with the region that changes (between the swollen outline and the front) masked out.
+1. ``register_frames``: a coarse chain (each frame against the previous, whitened band-passed
+   FFT cross-correlation, ``gpu_core.registration.shift_nd``, on block-averaged frames), then
+   ``_register_sequential``: each frame against the first, masked to what the previous frame
+   showed stable (a masked FFT correlation of block-averaged frames, then Lucas-Kanade).
 2. ``original_depth``: the first frame is smoothed, split into vacuum and material at the
    midpoint of the two Otsu classes' medians, and its signed Euclidean distance (positive inside,
-   pixels) taken on a 4x (3D: 2x) finer grid so that the outline is sub-pixel.
+   pixels) taken on a 4x (3D and frames of 512 px or more: 2x) finer grid (a sub-pixel outline).
 3. ``front_profiles``: for every frame, the median intensity in 0.5-px bins of depth below the
    original outline (the depth map moved by the frame's shift). The median ignores Ni dots and
    Poisson outliers; binning over the whole outline averages the noise.
 4. The per-frame model ``P(d) = b [1 + (q - 1) Phi((x - d) / w)]`` for depths beyond
    ``D_LO_PX``: ``b`` that frame's core level (so fading, flicker and the gain cancel), ``q``
    the reacted/core intensity ratio (one for the movie, measured on the frames where both levels
-   are in view with both levels free), ``x`` the front depth and ``w`` its width, found by a
-   vectorised grid search over (x, w) with a parabola through the best x. The same step model on
-   the vacuum side gives the swollen outline, which (with the front) bounds the region masked
-   out of the refining registration passes.
+   are in view with both levels free), ``x`` the front depth and ``w`` its width, found by an
+   exact hard change point (cumulative sums) refined on a 0.1-px grid per width with a parabola.
+   The same step model on the vacuum side gives the swollen outline, which (with the front)
+   bounds the region masked out of the registration against the first frame.
    The front is where the profile is halfway between the reacted and the unreacted level.
 5. ``fit_power_law``: ``x = k (t - t0)^n`` by bounded least squares on the frames whose front is
    above the detection limit, with 1-sigma errors from the Jacobian; the velocity
@@ -44,9 +45,14 @@ SMOOTH_PX = 0.75      # Gaussian smoothing of each frame before the per-bin medi
 WIDTHS_PX = (0.6, 0.9, 1.3, 1.8, 2.5, 3.5)   # front widths tried
 X_STEP_PX = 0.1       # grid step of the front depth search
 MIN_BIN_COUNT = 8     # bins with fewer pixels are not used
-REFINE_MARGINS_PX = (10.0, 6.0, 4.0)  # masked registration passes: margin around the changing band
 MIN_STABLE_FRACTION = 0.05  # frames with less stable area than this keep their coarse shift
 DETECT_PX = 2.0       # the power law is fitted to fronts deeper than this (and than 2 widths)
+BIN_TARGET_PX = 256   # registration FFTs run on frames block-averaged to about this many px per side
+N_LEVELS = 1024       # intensity levels of the per-bin histograms whose medians make the profiles
+MIN_CONTRAST = 0.08   # a step fit counts as a front only with |step| > this fraction of its far level
+LK_BAND_PX = (0.75, 3.0)  # Lucas-Kanade refinement on frames band-passed by these Gaussians (px)
+LOCAL_PX = 6.0        # the front's last fit uses the bins within this of the global fit's front
+FINE_HALF_PX = 3.0    # the fine front search spans the coarse change point +- this
 
 
 @dataclass
@@ -94,7 +100,7 @@ def power_law(t, k, n, t0):
 
 
 def track_front(frames, time_s=None, pixel_size_nm=1.0, *, frame_interval_s=None, vacuum="auto",
-                register=True, backend="auto") -> FrontTrack:
+                register=True, backend="auto", executor=None) -> FrontTrack:
     """Front depth below the first frame's outline in every frame of ``frames``.
 
     frames : (n_frames, y, x) movie or (n_volumes, z, y, x) volumes, any real dtype.
@@ -102,6 +108,8 @@ def track_front(frames, time_s=None, pixel_size_nm=1.0, *, frame_interval_s=None
     vacuum : "bright" (bright-field TEM), "dark" (HAADF/dark field, reconstructed volumes) or
         "auto" (the side into which the changes over the movie reach deeper is the material).
     register : False when the frames are already aligned.
+    executor : a ``distributed`` executor for the per-frame depth profiles of the final
+        measurement (a map over frames); the sequential registration runs here. Same result.
     """
     frames = _check_frames(frames)
     n_frames, shape = frames.shape[0], frames.shape[1:]
@@ -109,18 +117,16 @@ def track_front(frames, time_s=None, pixel_size_nm=1.0, *, frame_interval_s=None
     if not (np.isfinite(pixel_size_nm) and pixel_size_nm > 0):
         raise InputError(f"pixel_size_nm must be a positive number, got {pixel_size_nm!r}")
     host = np.asarray(be.to_host(frames), np.float32)
-    shifts = register_frames(host, backend=backend) if register else np.zeros((n_frames, len(shape)))
-    # early-ish frames: the changes are clear while the coarse (chained) drift error is still small
-    probes = sorted({max(1, n_frames // d) for d in (8, 6, 4, 3)})
-    later = [_aligned(host[p], shifts[p]) for p in probes]
-    depth, valid, side = original_depth(host[0], vacuum=vacuum, last=later)
-    if register:  # frame by frame on the content that does not change: the core ahead, far vacuum
-        shifts = _register_sequential(host, depth, valid, backend)
-    result = _measure(host, shifts, depth, valid)
-    if register:  # once more with the fronts of the global model
-        weights = _stable_weights(depth, valid, result[0], result[1], result[5], REFINE_MARGINS_PX[-1])
-        shifts = register_frames(host, backend=backend, weights=weights, initial=shifts, max_shift=REFINE_MARGINS_PX[-1])
-        result = _measure(host, shifts, depth, valid)
+    chain = register_frames(host, backend=backend) if register else np.zeros((n_frames, len(shape)))
+    if vacuum not in ("auto", "bright", "dark"):
+        raise InputError(f"vacuum must be 'bright', 'dark' or 'auto', got {vacuum!r}")
+    depth, valid, side = original_depth(host[0], vacuum="bright" if vacuum == "auto" else vacuum)
+    if vacuum == "auto":  # the side into which the changes reach deeper is the material
+        side = _vacuum_side(host, chain, depth, valid)
+        if side == "dark":
+            depth = -depth  # the complementary mask's signed distance (exactly, see original_depth)
+    shifts = _register_sequential(host, depth, valid, chain, backend) if register else chain
+    result = _measure(host, shifts, depth, valid, executor)
     x, w, rho, levels, dmax, _swell = result
     return FrontTrack(time_s=time_s, front_nm=x * pixel_size_nm, front_px=x, width_px=w, shifts_px=shifts,
                       depth_px=depth, rho=rho, vacuum=side, pixel_size_nm=float(pixel_size_nm),
@@ -158,11 +164,16 @@ def register_frames(frames, *, backend="auto", weights=None, initial=None, max_s
     step = max(1, int(chunk_bytes // per))
     out = np.zeros((n, len(shape)))
     if weights is None:
+        b = _bin_factor(shape)   # the chain is coarse: block means of about BIN_TARGET_PX per side
+        small = _block_mean(frames, b)
+        per = 24 * 2 ** len(shape) * int(np.prod(small.shape[1:]))
+        step = max(1, int(chunk_bytes // per))
         for a in range(1, n, step):
-            b = min(n, a + step)
-            imgs = be.to_device(frames[a:b], where)
-            prev = be.to_device(frames[a - 1:b - 1], where)
-            out[a:b] = shift_nd(imgs, prev, be.xp_of(imgs), whiten=True, lowpass_px=1.0, highpass_px=16.0)
+            b_ = min(n, a + step)
+            imgs = be.to_device(small[a:b_], where)
+            prev = be.to_device(small[a - 1:b_ - 1], where)
+            out[a:b_] = b * shift_nd(imgs, prev, be.xp_of(imgs), whiten=True, lowpass_px=1.0,
+                                     highpass_px=16.0 / b)
         return np.cumsum(out, 0)
     ref = be.to_device(_highpass(frames[0] if reference is None else reference), where)
     xp = be.xp_of(ref)
@@ -184,22 +195,23 @@ def _highpass(image, sigma=3.0):
     return image - ndimage.gaussian_filter(image, sigma)
 
 
-def original_depth(first, *, vacuum="auto", last=None, supersample=None):
+def original_depth(first, *, vacuum="bright", supersample=None):
     """Signed depth (pixels, positive inside the material) below the outline of ``first``, a mask
     of where that depth is trustworthy (no closer outline could lie outside the image), and which
-    side is vacuum ("bright"/"dark"). ``last`` (the last frame, aligned) decides ``vacuum="auto"``."""
+    side is vacuum (``vacuum``: "bright" or "dark"; ``track_front`` decides "auto" from the movie).
+    The two sides' depths are exact negatives of each other."""
     from skimage.filters import threshold_otsu
 
     first = np.asarray(first, np.float64)
     ndim = first.ndim
-    ss = supersample or (4 if ndim == 2 else 2)
+    # 4x finer grid (3D, or frames of 512 px and more: 2x; the distance transform of the fine
+    # grid is most of the set-up time of a 1024^2 movie)
+    ss = supersample or (4 if ndim == 2 and max(first.shape) < 512 else 2)
     smooth = ndimage.gaussian_filter(first, 1.5)
     t = threshold_otsu(smooth)
     lo, hi = np.median(smooth[smooth <= t]), np.median(smooth[smooth > t])
     level = 0.5 * (lo + hi)
     side = vacuum
-    if side == "auto":
-        side = _vacuum_side(smooth, level, last)
     if side not in ("bright", "dark"):
         raise InputError(f"vacuum must be 'bright', 'dark' or 'auto', got {vacuum!r}")
     fine_axes = [(np.arange(s * ss) + 0.5) / ss - 0.5 for s in first.shape]
@@ -218,27 +230,63 @@ def original_depth(first, *, vacuum="auto", last=None, supersample=None):
 
 def front_profiles(frames, shifts, depth, valid, edges):
     """Per-frame median of the (lightly smoothed) frame in bins of depth below the original
-    outline: (medians (n, n_bins), counts (n, n_bins)). ``edges`` are the bin edges (pixels)."""
+    outline: (medians (n, n_bins), counts (n, n_bins)). ``edges`` are the bin edges (pixels).
+
+    The medians come from a histogram per bin (``N_LEVELS`` intensity levels over the frame's
+    range, linear inside the level): one ``bincount`` per frame, no sort."""
     n = frames.shape[0]
     n_bins = len(edges) - 1
     med = np.full((n, n_bins), np.nan)
     cnt = np.zeros((n, n_bins))
+    masked = np.where(valid, depth, np.nan).astype(np.float32)
     for t in range(n):
-        d = _moved(depth, shifts[t], np.nan)
-        ok = _moved(valid.astype(np.float32), shifts[t], 0.0) > 0.5
-        ok &= np.isfinite(d) & (d >= edges[0]) & (d < edges[-1])
-        img = ndimage.gaussian_filter(frames[t].astype(np.float64), SMOOTH_PX)
-        b = ((d[ok] - edges[0]) / (edges[1] - edges[0])).astype(np.int64)
-        v = img[ok]
-        order = np.lexsort((v, b))
-        b, v = b[order], v[order]
-        counts = np.bincount(b, minlength=n_bins)
-        start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        has = counts > 0
-        mid = start[has] + (counts[has] - 1) / 2.0
-        med[t, has] = 0.5 * (v[np.floor(mid).astype(int)] + v[np.ceil(mid).astype(int)])
-        cnt[t] = counts
+        d = _moved(masked, shifts[t], np.nan)
+        ok = np.isfinite(d) & (d >= edges[0]) & (d < edges[-1])
+        img = ndimage.gaussian_filter(np.asarray(frames[t], np.float32), SMOOTH_PX)
+        idx = np.minimum(((d[ok] - edges[0]) / (edges[1] - edges[0])).astype(np.int64), n_bins - 1)
+        med[t], cnt[t] = _bin_medians(img[ok], idx, n_bins)
     return med, cnt
+
+
+class ProfileStep:
+    """``front_profiles`` as a chunked map step over frames (``distributed``: inline, threads,
+    Dask); partials are (medians, counts) of a run of frames."""
+
+    kind = ("map", "map")
+    minimum = 1
+
+    def __init__(self, frames, shifts, depth, valid, edges):
+        self.frames, self.shifts = np.asarray(frames, np.float32), np.asarray(shifts, np.float64)
+        self.depth, self.valid, self.edges = depth, valid, np.asarray(edges)
+        self.n_items = int(self.frames.shape[0])
+        self.bytes_per_item = int(self.frames[0].nbytes) * 6 + 16 * len(self.edges) * (N_LEVELS + 2)
+
+    def process(self, items: slice):
+        return front_profiles(self.frames[items], self.shifts[items], self.depth, self.valid, self.edges)
+
+
+def _bin_medians(values, idx, n_bins, n_levels=N_LEVELS):
+    """(medians, counts) of ``values`` in bins ``idx`` (0 <= idx < n_bins) from a 2D histogram."""
+    counts = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    med = np.full(n_bins, np.nan)
+    if values.size == 0:
+        return med, counts
+    sub = values[:: max(1, values.size // 20000)]
+    lo, hi = np.percentile(sub, [0.1, 99.9])
+    span = max(float(hi - lo), 1e-6 * max(abs(float(hi)), 1.0))
+    lo, hi = lo - 0.05 * span, hi + 0.05 * span
+    step = (hi - lo) / n_levels
+    lev = np.clip(((values - lo) / step).astype(np.int64), 0, n_levels - 1)
+    hist = np.bincount(idx * n_levels + lev, minlength=n_bins * n_levels).reshape(n_bins, n_levels)
+    cum = np.cumsum(hist, 1)
+    half = 0.5 * counts
+    k = np.minimum((cum < half[:, None]).sum(1), n_levels - 1)
+    rows = np.arange(n_bins)
+    below = np.where(k > 0, cum[rows, np.maximum(k - 1, 0)], 0)
+    frac = (half - below) / np.maximum(hist[rows, k], 1)
+    has = counts > 0
+    med[has] = (lo + (k + frac) * step)[has]
+    return med, counts
 
 
 def fit_power_law(time_s, front_nm, *, used=None, censored=None, limit_nm=0.0, n_bounds=(0.2, 1.5)):
@@ -363,76 +411,83 @@ def _clean(mask, min_size):
     return mask
 
 
-def _vacuum_side(smooth, level, last):
-    """'bright' or 'dark': the material is the side into which the changes between the first and
-    the last frame reach deeper (the front goes deeper into the sheet than the sheet swells).
-
-    Works on 1-px bins of signed distance from the first frame's outline: ``log(last / first)``
-    per bin is the gain ratio far from the outline on both sides and differs by the contrast of
-    the reacted material inside the changed band; the band's extent on each side decides."""
-    if last is None:
-        raise InputError("vacuum='auto' needs the last frame; give vacuum='bright' or 'dark'")
-    if isinstance(last, (list, tuple)):  # several later frames vote by the difference of their reaches
-        votes = [_reach_difference(smooth, level, f) for f in last]
-        return "dark" if sum(votes) > 0 else "bright"
-    return "dark" if _reach_difference(smooth, level, last) > 0 else "bright"
-
-
-def _reach_difference(smooth, level, last):
-    """How much deeper (px) the changes reach into the bright side than into the dark side."""
-    bright = smooth > level
-    d = np.where(bright, ndimage.distance_transform_edt(bright), -ndimage.distance_transform_edt(~bright))
-    bins = np.round(d).astype(int)
-    lo = bins.min()
-    lastm = ndimage.gaussian_filter(np.asarray(last, float), 1.5)
-    ratio = np.log(np.clip(lastm, 1e-9, None) / np.clip(smooth, 1e-9, None))
-    n = bins.max() - lo + 1
-    cnt = np.bincount((bins - lo).ravel(), minlength=n)
-    med = np.array([np.median(ratio[bins == b]) if c >= 8 else np.nan for b, c in zip(range(lo, lo + n), cnt)])
-    centre = np.arange(lo, lo + n)
-    ok = np.isfinite(med)
-    if ok.sum() < 6:
-        return 0
-    def reach(sign):
-        """Extent (px) of the changed band from the outline into one side, against that side's far end."""
-        side = ok & (centre * sign > 0)
-        if side.sum() < 4:
-            return 0
-        vals = med[side] if sign > 0 else med[side][::-1]      # from the outline outwards
-        base = np.median(vals[-3:])
-        changed = np.abs(vals - base) > 0.1
-        run = 0
-        for i, c in enumerate(changed):                        # 1D, a few dozen bins
-            if c:
-                run = i + 1
-            elif i - run >= 2:
-                break
-        return run
-
-    return reach(1) - reach(-1)
+def _vacuum_side(frames, shifts, depth, valid):
+    """'bright' or 'dark': the material is the side into which the changes reach deeper (the
+    front goes deeper into the sheet than the sheet swells out of it). ``depth`` is the signed
+    distance positive on the dark side. Frames spread over the movie (30 % to the end, moved by
+    the coarse ``shifts``) each give the reach of a step fit on either side of the first frame's
+    outline (free levels; a reach counts only where its step has ``MIN_CONTRAST``); the sum of
+    (dark-side reach - bright-side reach) over those frames decides."""
+    n = frames.shape[0]
+    probes = np.unique(np.round(np.array([0.3, 0.45, 0.6, 0.75, 0.9, 1.0]) * (n - 1)).astype(int))
+    probes = probes[probes > 0]
+    edges, centres = _edges(depth, valid)
+    med, cnt = front_profiles(frames[probes], shifts[probes], depth, valid, edges)
+    good = cnt >= MIN_BIN_COUNT
+    reach = []
+    for sign in (1, -1):   # dark side (depth > 0), then the bright side
+        c = centres * sign
+        sel = (c >= D_LO_PX)[None, :] & good
+        if sel.sum(1).max() < 6:
+            reach.append(np.zeros(len(probes)))
+            continue
+        order = np.argsort(c)
+        far = float(c[sel.any(0)].max())
+        x, _, lev, step = _grid_fit(np.where(sel, med, 0.0)[:, order], np.where(sel, np.sqrt(cnt), 0.0)[:, order],
+                                    c[order], None, far)
+        seen = (np.abs(step) > MIN_CONTRAST * np.abs(lev)) & (x > D_LO_PX) & (sel.sum(1) >= 6)
+        reach.append(np.where(seen, x, 0.0))
+    return "bright" if float(np.sum(reach[0] - reach[1])) >= 0 else "dark"
 
 
-def _measure(frames, shifts, depth, valid):
-    """Front depth, width, contrast ratio, levels, deepest measured bin and the outward swelling
-    (pixels beyond the original outline) from the depth profiles of every frame."""
+def _edges(depth, valid):
     dmin = float(np.floor(depth[valid].min())) if valid.any() else -1.0
     dmax = float(np.ceil(depth[valid].max())) if valid.any() else 1.0
     edges = np.arange(dmin, dmax + BIN_PX, BIN_PX)
-    med, cnt = front_profiles(frames, shifts, depth, valid, edges)
-    centres = 0.5 * (edges[:-1] + edges[1:])
+    return edges, 0.5 * (edges[:-1] + edges[1:])
+
+
+def _measure(frames, shifts, depth, valid, executor=None):
+    """Front depth, width, contrast ratio, levels, deepest measured bin and the outward swelling
+    (pixels beyond the original outline) from the depth profiles of every frame."""
+    edges, centres = _edges(depth, valid)
+    if executor is None:
+        med, cnt = front_profiles(frames, shifts, depth, valid, edges)
+    else:
+        from ..distributed import collect
+
+        med, cnt = collect(executor, ProfileStep(frames, shifts, depth, valid, edges))
     good = cnt >= MIN_BIN_COUNT
     inside = (centres >= D_LO_PX)[None, :] & good
     deepest = float(centres[inside.any(0)].max()) if inside.any() else D_LO_PX
     y = np.where(inside, med, 0.0)
     wts = np.where(inside, np.sqrt(cnt), 0.0)
     # pass A: free levels per frame (core c, reacted c + s): the reacted/core intensity ratio q
-    # from the frames where both levels are in view
+    # from the frames where both levels are in view and the step is a real one (not a fit to noise
+    # before the front appears)
     xa, _, ca, sa = _grid_fit(y, wts, centres, None, deepest)
     ratio = (ca + sa) / np.where(ca != 0, ca, np.nan)
     ok = (xa > 4.0) & (xa < deepest - 6.0) & np.isfinite(ratio)
-    q = float(np.nanmedian(ratio[ok] if ok.sum() >= 3 else ratio))
+    strong = ok & (np.abs(sa) > MIN_CONTRAST * np.abs(ca))
+    pick = strong if strong.sum() >= 3 else (ok if ok.sum() >= 3 else np.isfinite(ratio))
+    q = float(np.nanmedian(ratio[pick]))
     # pass B: one level b per frame, q fixed (illumination changes are multiplicative)
     x, w, b, _ = _grid_fit(y, wts, centres, q, deepest)
+    # pass C: the same with the bins within LOCAL_PX of that front only, so that levels far from
+    # the front (static thickness texture, illumination gradients, the field of view drifting over
+    # the particle) do not pull it
+    # a profile with (almost) no core bins left is as well fitted by "no front yet" at the reacted
+    # level: the core level moves slowly (fading), so frames whose level jumps from its running
+    # median towards q times it are fitted again with the level fixed to that median
+    b_run = _level_trend(b, 0.5 * abs(np.log(q)) if q > 0 else 0.3)
+    jump = np.abs(b / np.where(b_run != 0, b_run, np.nan) - 1) > 0.5 * abs(1 - q)
+    if jump.any() and jump.mean() < 0.3:
+        xj, wj, bj, _ = _grid_fit(y[jump], wts[jump], centres, q, deepest, level=b_run[jump])
+        x[jump], w[jump], b[jump] = xj, wj, bj
+    near = inside & (np.abs(centres[None, :] - x[:, None]) < LOCAL_PX)
+    xc, wc, bc, _ = _grid_fit(np.where(near, med, 0.0), np.where(near, np.sqrt(cnt), 0.0), centres, q, deepest)
+    refit = (x > 2 * LOCAL_PX / 4) & (near.sum(1) >= 12) & (np.abs(xc - x) < LOCAL_PX / 2)
+    x, w = np.where(refit, xc, x), np.where(refit, wc, w)
     # the swollen outline: the same step model on the vacuum side, levels free
     outside = (centres <= -D_LO_PX)[None, :] & good
     if outside.sum(1).min() >= 6:
@@ -444,95 +499,270 @@ def _measure(frames, shifts, depth, valid):
     return x, w, q, levels, deepest, np.clip(sw, 0.0, None)
 
 
-def _grid_fit(y, wts, centres, rho, deepest):
-    """Grid search of the step model per frame; returns x, w, and the linear level(s).
+def _level_trend(b, tol, degree=2, iters=4):
+    """A smooth trend of the per-frame levels ``b`` (illumination fading): a quadratic in frame
+    index fitted to log b, refitted without the frames more than ``tol`` (in log) off it."""
+    t = np.arange(len(b), dtype=float)
+    ok = np.isfinite(b) & (b > 0)
+    if ok.sum() <= degree + 2:
+        return np.asarray(b, float)
+    logb = np.log(np.where(ok, b, 1.0))
+    keep = ok.copy()
+    for _ in range(iters):
+        coef = np.polyfit(t[keep], logb[keep], degree)
+        new = ok & (np.abs(logb - np.polyval(coef, t)) < tol)
+        if new.sum() <= degree + 2 or np.array_equal(new, keep):
+            break
+        keep = new
+    return np.exp(np.polyval(coef, t))
 
-    rho None: y = c + s Phi((x - d)/w) (two linear parameters); else y = b [1 + (rho-1) Phi].
+
+def _grid_fit(y, wts, centres, rho, deepest, level=None):
+    """Least-squares step model per frame (rows of ``y``, bin ``centres`` ascending and evenly
+    spaced, weights ``wts``); returns x, w, and the linear level(s).
+
+    rho None: y = c + s Phi((x - d)/w) (two linear parameters); else y = b [1 + (rho-1) Phi],
+    with ``b`` fitted or, given ``level`` (n,), fixed to it.
+    Coarse: the best hard step between two bins, exactly, from cumulative sums. Fine: x on a
+    ``X_STEP_PX`` grid within ``FINE_HALF_PX`` of it for every width in ``WIDTHS_PX``, with a
+    parabola through the best x; Phi is evaluated only within 8 widths of the candidates (beyond,
+    it is 0 or 1 to double precision, and those bins enter through the cumulative sums).
     """
-    xs = np.arange(-1.0, deepest + 2.0, X_STEP_PX)
-    n = y.shape[0]
+    y = np.asarray(y, np.float64)
+    W = np.asarray(wts, np.float64) ** 2
+    n, m = y.shape
+    Wy = W * y
+    wyy = (Wy * y).sum(1)
+    cW = np.concatenate([np.zeros((n, 1)), np.cumsum(W, 1)], 1)     # sums over bins < k
+    cY = np.concatenate([np.zeros((n, 1)), np.cumsum(Wy, 1)], 1)
+    SW, SY = cW[:, -1:], cY[:, -1:]
+    step_d = float(centres[1] - centres[0]) if m > 1 else BIN_PX
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if rho is None:
+            sse = -np.where(cW > 0, cY ** 2 / cW, 0.0) - np.where(SW - cW > 0, (SY - cY) ** 2 / (SW - cW), 0.0)
+        else:
+            ll, yl = rho ** 2 * cW + (SW - cW), rho * cY + (SY - cY)
+            if level is None:
+                sse = -np.where(ll > 0, yl ** 2 / ll, 0.0)
+            else:
+                lv = np.asarray(level, np.float64)[:, None]
+                sse = -2 * lv * yl + lv ** 2 * ll
+    split = np.concatenate([centres - 0.5 * step_d, [centres[-1] + 0.5 * step_d]])
+    # two candidates: the best hard step, and the best one farther than 2 FINE_HALF_PX from it
+    # (near-ties: a front close to the deepest bin against an all-reacted profile)
+    k1 = np.argmin(sse, 1)
+    far = np.abs(split[None, :] - split[k1][:, None]) > 2 * FINE_HALF_PX
+    k2 = np.argmin(np.where(far, sse, np.inf), 1)
+    best = None
+    for k in (k1, k2):
+        xc = np.clip(split[k], -1.0 + FINE_HALF_PX, deepest + 2.0 - FINE_HALF_PX)
+        res = _fine_fit(xc, centres, step_d, W, Wy, wyy, cW, cY, SW, SY, rho, level)
+        if best is None:
+            best = res
+        else:
+            better = res[4] < best[4]
+            best = tuple(np.where(better, r, o) for r, o in zip(res, best))
+    return best[:4]
+
+
+def _fine_fit(xc, centres, step_d, W, Wy, wyy, cW, cY, SW, SY, rho, level=None):
+    """The smooth step model on a 0.1-px grid within FINE_HALF_PX of ``xc`` (see ``_grid_fit``):
+    (x, w, level, step, residual) per frame."""
+    n, m = W.shape
+    rows = np.arange(n)
+    off = np.arange(-FINE_HALF_PX, FINE_HALF_PX + 1e-9, X_STEP_PX)
+    xs = xc[:, None] + off[None, :]                                   # (n, n_x)
+    half = FINE_HALF_PX + 8.0 * max(WIDTHS_PX)
+    n_win = int(np.ceil(2 * half / step_d)) + 2
+    j0 = np.searchsorted(centres, xc - half)
+    jj = j0[:, None] + np.arange(n_win)[None, :]
+    inwin = jj < m
+    jj = np.minimum(jj, m - 1)
+    je = np.minimum(j0 + n_win, m)
+    cw = centres[jj]
+    Ww = np.where(inwin, W[rows[:, None], jj], 0.0)
+    Wyw = np.where(inwin, Wy[rows[:, None], jj], 0.0)
+    L0, LY = cW[rows, j0][:, None], cY[rows, j0][:, None]             # bins before the window: Phi = 1
+    R0, RY = (SW[:, 0] - cW[rows, je])[:, None], (SY[:, 0] - cY[rows, je])[:, None]   # after: Phi = 0
     best_r = np.full(n, np.inf)
     out_x, out_w = np.zeros(n), np.zeros(n)
     out_a, out_b = np.zeros(n), np.zeros(n)
-    W = wts ** 2
-    wy, wyy = W * y, (W * y * y).sum(1)
     for w in WIDTHS_PX:
-        phi = ndtr((xs[:, None] - centres[None, :]) / w)          # (n_x, n_bins)
+        phi = ndtr((xs[:, :, None] - cw[:, None, :]) / w)            # (n, n_x, n_win)
         if rho is None:
-            s0 = W.sum(1)[:, None]
-            s1 = W @ phi.T
-            s2 = W @ (phi ** 2).T
-            t0 = wy.sum(1)[:, None]
-            t1 = wy @ phi.T
+            s0, t0 = SW, SY
+            s1 = L0 + np.einsum("nxw,nw->nx", phi, Ww)
+            s2 = L0 + np.einsum("nxw,nw->nx", phi * phi, Ww)
+            t1 = LY + np.einsum("nxw,nw->nx", phi, Wyw)
             det = s0 * s2 - s1 ** 2
-            det = np.where(np.abs(det) < 1e-12, np.inf, det)
+            det = np.where(np.abs(det) < 1e-12 * np.maximum(s0 * s2, 1e-300), np.inf, det)
             c = (s2 * t0 - s1 * t1) / det
             s = (s0 * t1 - s1 * t0) / det
             r = wyy[:, None] - c * t0 - s * t1
         else:
             L = 1.0 + (rho - 1.0) * phi
-            ll = W @ (L ** 2).T
-            yl = wy @ L.T
-            c = yl / np.where(ll > 0, ll, np.inf)
-            s = np.zeros_like(c)
-            r = wyy[:, None] - c * yl
+            ll = rho ** 2 * L0 + R0 + np.einsum("nxw,nw->nx", L * L, Ww)
+            yl = rho * LY + RY + np.einsum("nxw,nw->nx", L, Wyw)
+            s = np.zeros_like(yl)
+            if level is None:
+                c = yl / np.where(ll > 0, ll, np.inf)
+                r = wyy[:, None] - c * yl
+            else:
+                c = np.broadcast_to(np.asarray(level, np.float64)[:, None], yl.shape)
+                r = wyy[:, None] - 2 * c * yl + c ** 2 * ll
         j = np.argmin(r, 1)
-        rows = np.arange(n)
         rj = r[rows, j]
         better = rj < best_r
         # parabola through the best grid point and its neighbours
-        jm, jp = np.clip(j - 1, 0, len(xs) - 1), np.clip(j + 1, 0, len(xs) - 1)
+        jm, jp = np.clip(j - 1, 0, xs.shape[1] - 1), np.clip(j + 1, 0, xs.shape[1] - 1)
         r0, rm, rp = rj, r[rows, jm], r[rows, jp]
         den = rm - 2 * r0 + rp
-        off = np.where((den > 0) & (jm != j) & (jp != j), 0.5 * (rm - rp) / np.where(den > 0, den, 1), 0.0)
-        xbest = xs[j] + np.clip(off, -0.5, 0.5) * X_STEP_PX
+        offp = np.where((den > 0) & (jm != j) & (jp != j), 0.5 * (rm - rp) / np.where(den > 0, den, 1), 0.0)
+        xbest = xs[rows, j] + np.clip(offp, -0.5, 0.5) * X_STEP_PX
         best_r = np.where(better, rj, best_r)
         out_x = np.where(better, xbest, out_x)
         out_w = np.where(better, w, out_w)
         out_a = np.where(better, c[rows, j], out_a)
         out_b = np.where(better, s[rows, j], out_b)
-    return out_x, out_w, out_a, out_b
+    return out_x, out_w, out_a, out_b, best_r
 
 
-def _register_sequential(frames, depth, valid, backend, margin=6.0, search=4.0):
-    """Shifts frame by frame: frame t against frame 0, masked to the content that frame t-1 showed
-    stable (core deeper than its front, vacuum beyond its swollen outline, each ``margin`` px
-    clear), searched within ``search`` px of frame t-1's shift; each frame's front and outline
-    then come from its own profile with free levels (only to place the next mask)."""
-    n = frames.shape[0]
-    shifts = np.zeros((n, depth.ndim))
-    dmin = float(np.floor(depth[valid].min()))
-    dmax = float(np.ceil(depth[valid].max()))
-    edges = np.arange(dmin, dmax + BIN_PX, BIN_PX)
-    centres = 0.5 * (edges[:-1] + edges[1:])
+def _bin_factor(shape):
+    return max(1, int(min(shape)) // BIN_TARGET_PX)
+
+
+def _block_mean(a, b):
+    """(n, *shape) -> means over blocks of b pixels per axis (rows/columns that fill no block are
+    dropped); a shift of d binned pixels is b * d pixels."""
+    if b == 1:
+        return np.asarray(a, np.float32)
+    n, *shape = a.shape
+    a = a[(slice(None),) + tuple(slice(0, (s // b) * b) for s in shape)]
+    new = [n]
+    for s in shape:
+        new += [s // b, b]
+    return a.reshape(new).mean(axis=tuple(range(2, 2 + 2 * len(shape), 2)), dtype=np.float32)
+
+
+def _bandpass(image, lo=0.75, hi=3.0):
+    image = np.asarray(image, np.float32)
+    return ndimage.gaussian_filter(image, lo) - ndimage.gaussian_filter(image, hi)
+
+
+def _inside(shape, d):
+    """Mask of the pixels p whose p + d lies inside an image of ``shape``."""
+    out = None
+    for axis, (size, da) in enumerate(zip(shape, d)):
+        i = np.arange(size) + da
+        ok = ((i >= 0) & (i <= size - 1)).reshape([-1 if a == axis else 1 for a in range(len(shape))])
+        out = ok if out is None else out & ok
+    return out
+
+
+def _refine_lk(moving, reference, keep, d, iters=4, max_step=1.0):
+    """Sub-pixel refinement of ``d`` (``a moving(p + d) ~ reference(p)``, both band-passed, same
+    grid, ``a`` a free gain: fading and flicker) by Gauss-Newton on the masked squared difference
+    (Lucas-Kanade): per iteration one linear resampling, one gradient and a small solve for
+    (a, a delta). Returns d (unchanged where singular)."""
+    d = np.asarray(d, np.float64).copy()
+    for _ in range(iters):
+        m = ndimage.shift(moving, -d, order=1, mode="nearest", prefilter=False)
+        wgt = (keep & _inside(moving.shape, d)).astype(np.float32)
+        if wgt.mean() < MIN_STABLE_FRACTION:
+            break
+        g = np.gradient(m)
+        basis = [m] + (list(g) if moving.ndim > 1 else [g])
+        A = np.array([[float(np.vdot(bi * wgt, bj)) for bj in basis] for bi in basis])
+        rhs = np.array([float(np.vdot(bi * wgt, reference)) for bi in basis])
+        try:
+            u = np.linalg.solve(A, rhs)
+        except np.linalg.LinAlgError:
+            break
+        if not (np.isfinite(u).all() and u[0] > 0):
+            break
+        delta = u[1:] / u[0]
+        d += np.clip(delta, -max_step, max_step)
+        if np.abs(delta).max() < 0.002:
+            break
+    return d
+
+
+def _register_sequential(frames, depth, valid, chain, backend, margin=6.0, search=4.0, final_margin=4.0):
+    """Shifts frame by frame against frame 0, masked to the content that frame t-1 showed stable
+    (core deeper than its front, vacuum beyond its swollen outline, each ``margin`` px clear).
+
+    Per frame: the start is the previous frame's shift plus the coarse chain's step; a whitened
+    FFT cross-correlation (``shift_nd``) of block-averaged frames (about ``BIN_TARGET_PX`` per
+    side) within ``search`` px of it; then Lucas-Kanade refinement (``_refine_lk``) on frames
+    block-averaged half as much. The frame's own front and outline (a step fit with free levels on
+    its profile, at the refinement's resolution) place the next mask and, in a last pass, a mask
+    ``final_margin`` px clear of the frame's own front for one more refinement."""
+    n, ndim = frames.shape[0], depth.ndim
+    where = be.resolve(backend)
+    b = _bin_factor(depth.shape)
+    bl = max(1, b // 2)
+    coarse = _block_mean(frames, b)
+    fine = _block_mean(frames, bl)
+    hp_c = max(1.0, 3.0 / b)
+    ref_c = be.to_device(_highpass(coarse[0], hp_c), where)
+    xp = be.xp_of(ref_c)
+    band = (LK_BAND_PX[0] / bl ** 0.5, LK_BAND_PX[1] / bl)
+    ref_f = _bandpass(fine[0], *band)
+    depth_c = _block_mean(depth[None], b)[0]
+    depth_f = _block_mean(depth[None], bl)[0]
+    valid_f = _block_mean(valid[None].astype(np.float32), bl)[0] > 0.999
+    edges, centres = _edges(depth_f, valid_f)
+    shifts = np.zeros((n, ndim))
+    fronts = np.zeros((n, 2))   # front and swollen outline (px) seen at frame t
     x_prev = sw_prev = 0.0
     for t in range(1, n):
-        keep = (depth > x_prev + margin) | (depth < -sw_prev - margin)
-        # every pixel may anchor the registration (beyond ``valid`` the depth is only an upper bound)
-        weights = ndimage.gaussian_filter(keep.astype(np.float32), 2.0)[None]
-        shifts[t] = register_frames(frames[t:t + 1], backend=backend, weights=weights, initial=shifts[t - 1:t],
-                                    max_shift=search, reference=frames[0])[0]
-        med, cnt = front_profiles(frames[t:t + 1], shifts[t:t + 1], depth, valid, edges)
-        good = cnt >= MIN_BIN_COUNT
-        inside = (centres >= D_LO_PX)[None, :] & good
-        outside = (centres <= -D_LO_PX)[None, :] & good
-        if inside.sum() >= 6:
-            deepest = float(centres[inside[0]].max())
-            x = _grid_fit(np.where(inside, med, 0.0), np.where(inside, np.sqrt(cnt), 0.0), centres, None, deepest)[0][0]
+        step = chain[t] - chain[t - 1]
+        start = shifts[t - 1] + step
+        # a large chain step can be wrong (much changed between two frames): then search wide
+        # enough to cover the previous frame's shift as well; otherwise near the start only (a
+        # small stable area can show a wrong peak a few px away)
+        big = float(np.abs(step).max())
+        radius = search + big + 8.0 if big > search else search
+        keep_c = (depth_c > x_prev + margin) | (depth_c < -sw_prev - margin)
+        keep_f = (depth_f > x_prev + margin) | (depth_f < -sw_prev - margin)
+        r = np.round(start / b)
+        moved = _highpass(ndimage.shift(coarse[t], -r, order=0, mode="nearest"), hp_c)
+        wts = ndimage.gaussian_filter(keep_c.astype(np.float32), 2.0 / b)
+        d = start
+        if wts.mean() > MIN_STABLE_FRACTION:
+            dc = shift_nd(be.to_device(moved[None], where), ref_c, xp, weights=be.to_device(wts[None], where),
+                          whiten=True, lowpass_px=1.0, max_shift=radius / b + 1)[0]
+            if np.isfinite(dc).all():
+                d = (dc + r) * b
+        shifts[t] = bl * _refine_lk(_bandpass(fine[t], *band), ref_f, keep_f, d / bl)
+        # depth_f holds full-resolution pixels; only its grid is coarser
+        x, sw = _front_and_outline(fine[t:t + 1], shifts[t:t + 1] / bl, depth_f, valid_f, edges, centres)
+        if x is not None:
             x_prev = float(np.clip(x, x_prev, x_prev + margin))
-        if outside.sum() >= 6:
-            far = float(-centres[outside[0]].min())
-            sw = _grid_fit(np.where(outside, med, 0.0)[:, ::-1], np.where(outside, np.sqrt(cnt), 0.0)[:, ::-1],
-                           -centres[::-1], None, far)[0][0]
+        if sw is not None:
             sw_prev = float(np.clip(sw, sw_prev, sw_prev + margin))
+        fronts[t] = x_prev, sw_prev
+    # once more, masks clear of each frame's own front and outline
+    for t in range(1, n):
+        keep_f = (depth_f > fronts[t, 0] + final_margin) | (depth_f < -fronts[t, 1] - final_margin)
+        shifts[t] = bl * _refine_lk(_bandpass(fine[t], *band), ref_f, keep_f, shifts[t] / bl)
     return shifts
 
 
-def _stable_weights(depth, valid, x, w, swell, margin):
-    """(n, *shape) weights in frame-0 coordinates: 1 on the core ahead of each frame's front and
-    on the vacuum beyond the swollen outline, 0 on the band that reacts or swells, tapered."""
-    out = np.empty((len(x),) + depth.shape, np.float32)
-    for t in range(len(x)):
-        keep = (depth > max(x[t], 0.0) + 2 * w[t] + margin) | (depth < -swell[t] - 2 * w[t] - margin)
-        out[t] = ndimage.gaussian_filter(keep.astype(np.float32), 2.0)
-    return out
+def _front_and_outline(frames, shifts, depth, valid, edges, centres):
+    """(front, swollen outline) in pixels of one frame from step fits with free levels on either
+    side of the original outline; None where too few bins or no clear step."""
+    med, cnt = front_profiles(frames, shifts, depth, valid, edges)
+    good = cnt >= MIN_BIN_COUNT
+    out = []
+    for sign in (1, -1):
+        c = centres * sign
+        sel = (c >= D_LO_PX)[None, :] & good
+        if sel.sum() < 6:
+            out.append(None)
+            continue
+        order = np.argsort(c)
+        x, _, lev, st = _grid_fit(np.where(sel, med, 0.0)[:, order], np.where(sel, np.sqrt(cnt), 0.0)[:, order],
+                                  c[order], None, float(c[sel[0]].max()))
+        out.append(float(x[0]) if abs(st[0]) > MIN_CONTRAST * abs(lev[0]) else None)
+    return out[0], out[1]
