@@ -91,6 +91,7 @@ _CANDIDATES = 3       # local minima of the common-line scan searched locally
 _SEARCH_ITERATIONS = 10  # SIRT iterations of each reconstruction in the tilt-axis search
 PROFILE_STEP_DEG = 2.0  # grid of the all-direction profile-spread scan
 PROFILE_DECISIVE = 0.25  # the profile spread decides when its deepest point is below this x its median
+EDGE_SHARE = 0.02     # an object with more than this share of its mass at the borders leaves the field
 
 
 @dataclass
@@ -376,6 +377,11 @@ def _search_tilt_axis(img, angles, prior, search_deg, xp) -> float:
     lined = _binned(img, _bin_factor(img, LINE_SIZE))[0]
     by_profiles = _axis_from_profiles(lined, xp)
     if by_profiles is not None:      # a decisive profile minimum: the prior only picks the twin
+        if _leaves_across(lined, by_profiles, xp):
+            # a rod leaving the field: its cross-section profile is the same at every tilt, so the
+            # direction across it is as consistent as the true axis along it; a tilt series
+            # keeps the object in view across the axis, so the axis runs along the rod
+            return _representative(_refine_by_band_centres(lined, angles, by_profiles + 90.0, xp), prior)
         return _representative(by_profiles, prior)
     small, _ = _binned(img, _bin_factor(img, SEARCH_SIZE))
     grid = np.arange(0.0, 180.0, 1.0)
@@ -436,6 +442,25 @@ def _axis_from_profiles(img, xp, step=PROFILE_STEP_DEG):
         return cache[key]
 
     return _local_minimum(spread, float(grid[k]), 0.5)
+
+
+def _leaves_across(img, a_deg, xp) -> bool:
+    """True when the object crosses the image border across the axis ``a`` rather than along it:
+    the median (over projections) share of the mass in a border band on the two borders facing
+    across the axis (the borders whose normal is nearer the across direction than the axis) is
+    above ``EDGE_SHARE`` and more than twice that on the two facing along it."""
+    n, ny, nx = img.shape
+    w = max(2, int(round(0.04 * min(ny, nx))))
+    total = xp.maximum(img.reshape(n, -1).sum(axis=1), 1e-30)
+    bands = {(1.0, 0.0): img[:, :w].sum(axis=(1, 2)), (-1.0, 0.0): img[:, -w:].sum(axis=(1, 2)),
+             (0.0, 1.0): img[:, :, :w].sum(axis=(1, 2)), (0.0, -1.0): img[:, :, -w:].sum(axis=(1, 2))}
+    a = np.radians(a_deg)
+    e_axis, e_across = np.array([np.cos(a), -np.sin(a)]), np.array([np.sin(a), np.cos(a)])
+    facing = {k: abs(float(np.dot(k, e_across))) >= abs(float(np.dot(k, e_axis))) for k in bands}
+    across = sum(v for k, v in bands.items() if facing[k]) / total
+    along = sum(v for k, v in bands.items() if not facing[k]) / total
+    along, across = float(_backend.to_host(xp.median(along))), float(_backend.to_host(xp.median(across)))
+    return across > EDGE_SHARE and across > 2.0 * max(along, 0.0)
 
 
 def _axis_near_prior(img, angles, prior, search_deg, xp) -> float:
