@@ -40,9 +40,13 @@ the same line. The search covers every direction:
   180 degrees and, when its deepest point is decisive (below ``PROFILE_DECISIVE`` times the
   median: compact particles, plates, grains), walked downhill on a 0.5-degree grid. That is the
   axis. (The reprojection mismatch below is not used for these: on a compact platelet it falls
-  steadily past the true axis, 41 degrees found for a true 4.) An object that leaves the field
-  of view along the axis (a needle) has its profiles cut where the field ends and gives a flat
-  spread; then:
+  steadily past the true axis, 41 degrees found for a true 4.) One exception: a rod's
+  cross-section profile is the same at every tilt, so the direction across a rod is a decisive
+  minimum too; when the object leaves the field across the direction found (``_leaves_across``:
+  mass on the borders facing across it, none on those facing along it), which a tilt series does
+  not do, the axis is turned by 90 degrees onto the rod and refined from the band centres. An
+  object that leaves the field of view along the axis with features on it (the real needle) has
+  its profiles cut where the field ends and gives a flat spread; then:
 - global: the Fourier common line. By the central-section theorem the Fourier transform of every
   projection along the tilt-axis direction is the same central line of the object's transform,
   and its modulus does not change with drift. For each direction every degree over 180 the
@@ -456,7 +460,7 @@ def _leaves_across(img, a_deg, xp) -> bool:
              (0.0, 1.0): img[:, :, :w].sum(axis=(1, 2)), (0.0, -1.0): img[:, :, -w:].sum(axis=(1, 2))}
     a = np.radians(a_deg)
     e_axis, e_across = np.array([np.cos(a), -np.sin(a)]), np.array([np.sin(a), np.cos(a)])
-    facing = {k: abs(float(np.dot(k, e_across))) >= abs(float(np.dot(k, e_axis))) for k in bands}
+    facing = {k: abs(float(np.dot(k, e_across))) > abs(float(np.dot(k, e_axis))) for k in bands}
     across = sum(v for k, v in bands.items() if facing[k]) / total
     along = sum(v for k, v in bands.items() if not facing[k]) / total
     along, across = float(_backend.to_host(xp.median(along))), float(_backend.to_host(xp.median(across)))
