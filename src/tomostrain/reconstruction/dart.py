@@ -44,20 +44,39 @@ def phase_levels(volume, n_classes: int = 3, projections=None, operator=None) ->
     if projections is None or operator is None:
         return levels
     xp = backend.xp_of(volume)
-    cols = [operator.forward((seg.labels == k).astype(xp.float32)).ravel().astype(xp.float64)
+    b = xp.asarray(projections, dtype=xp.float64).ravel()
+    for _ in range(PDM_ROUNDS):
+        refined = _fit_levels(seg.labels, levels, n_classes, b, operator, xp)
+        if refined is None:
+            break
+        change = float(np.max(np.abs(refined - levels)))
+        levels = refined
+        if change < 1e-3 * abs(levels[-1]):
+            break
+        # the class masks move with the thresholds (midpoints of the refined levels): segment again
+        seg = segment_phases(volume, n_classes, levels=levels)
+    return levels
+
+
+PDM_ROUNDS = 1  # projection-distance fits (more rounds, each re-segmenting at the new midpoints, drift on SIRT masks)
+
+
+def _fit_levels(labels, levels, n_classes, b, operator, xp):
+    """Least-squares grey levels of the class masks against the data; None when degenerate."""
+    cols = [operator.forward((labels == k).astype(xp.float32)).ravel().astype(xp.float64)
             for k in range(n_classes)]
     present = [k for k in range(n_classes) if float(xp.abs(cols[k]).sum()) > 0]
     a = xp.stack([cols[k] for k in present], axis=1)
     gram = backend.to_host(a.T @ a)
-    rhs = backend.to_host(a.T @ xp.asarray(projections, dtype=xp.float64).ravel())
+    rhs = backend.to_host(a.T @ b)
     try:
         fit = np.linalg.solve(gram, rhs)
     except np.linalg.LinAlgError:
-        return levels
-    refined = levels.copy()
+        return None
+    refined = np.asarray(levels, np.float64).copy()
     refined[present] = fit
-    if not np.all(np.diff(refined) > 0):  # a degenerate fit (a class nearly empty): keep the histogram levels
-        return levels
+    if not np.all(np.diff(refined) > 0):  # a degenerate fit (a class nearly empty): keep the levels
+        return None
     return refined
 
 
