@@ -104,9 +104,9 @@ def test_reaction_mode_undefined_without_core():
 # ---------------------------------------------------------------- generated particles, reconstructed
 
 SEEDS = (11, 12, 13, 14, 15)
-# the thinnest plate at 56^3 (core 3-5 voxels): after TV-100 its core Dice is 0.899 for the 0.90 goal
-# (SIRT-60: 0.88; seed 14, also a thin plate, reaches 0.96 after TV and 0.89 after SIRT)
-THIN_PLATE = pytest.mark.xfail(strict=True, reason="thinnest plate at 56^3: core Dice 0.899 after TV-100 (see docs/design.md)")
+# the thinnest plate at 56^3 (core 3-5 voxels): after TV-100 its Dice reach the goals (0.91 / 0.91 /
+# 0.98) but its reacted fraction by depth does not (largest bin difference 0.25, mean 0.066)
+THIN_PLATE = pytest.mark.xfail(strict=True, reason="thinnest plate at 56^3: depth profile off by 0.25 in one bin after TV-100 (see docs/design.md)")
 CASES = [pytest.param(s, marks=THIN_PLATE) if s == 11 else s for s in SEEDS]
 
 
@@ -149,12 +149,14 @@ def test_segmentation_and_quantities_on_generated_particles(reconstructed, seed)
     # mean shell thickness, same estimator on the truth labels: within 1 voxel (measured 0.1-0.3)
     assert abs(q["shell_thickness_nm"]["mean"] - qt["shell_thickness_nm"]["mean"]) < 1.0
     # the reacted fraction by depth follows the truth's: 0.5-crossing within 1 voxel, mean
-    # difference over the bins <= 0.1 (the largest single-bin difference, at the steep front, is
-    # 0.15-0.25 at 56^3 after SIRT: a sub-voxel front shift; see the report)
+    # difference over the bins <= 0.05, the largest single-bin difference <= 0.12 (measured
+    # 0.03-0.10 on seeds 12-15 after TV-100; it was 0.18-0.20 while the Ni halo cut left pits in
+    # the shell around every particle; the goal is 0.05, see docs/design.md)
     assert abs(q["reaction_depth_nm"] - qt["reaction_depth_nm"]) < 1.0
     pm, pt = q["depth_profile"]["reacted_fraction"], qt["depth_profile"]["reacted_fraction"]
     nb = min(pm.size, pt.size)
-    assert np.mean(np.abs(pm[:nb] - pt[:nb])) < 0.1
+    assert np.mean(np.abs(pm[:nb] - pt[:nb])) < 0.05
+    assert np.max(np.abs(pm[:nb] - pt[:nb])) < 0.12, np.round(pm[:nb] - pt[:nb], 2)
     # levels found without being told: within 10 % of the true densities
     true = np.array([truth.densities[k] for k in ("shell", "core", "particles")])
     assert np.all(np.abs(seg.levels[1:] / true - 1) < 0.12), (seg.levels, true)
