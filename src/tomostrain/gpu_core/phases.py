@@ -16,8 +16,12 @@ form no mode, so global classes do not line up with phases. The steps here:
 3. **Classes inside the envelope**: multi-Otsu over the envelope's inner voxels only (its outer
    voxel layer excluded: partial volume; with particle detection also the brightest 1 %, where
    the few Ni voxels sit), giving the solid levels (medians per class) and thresholds at the
-   midpoints between them. When the densities are known (``levels``) the thresholds are their
-   midpoints instead (DART-style).
+   midpoints between them. Each level is then re-read as the median of its class's interior
+   (class voxels whose 6 neighbours share the class, when there are >= 1000: a thin core's
+   blurred rim pulls the histogram median down). When the densest class is mostly small blobs
+   at the surface (a sharp TV/DART volume whose Ni owns more than the trimmed 1 %), those blobs
+   leave the histogram and the classes are redone. When the densities are known (``levels``)
+   the thresholds are their midpoints instead (DART-style).
 4. **Ni particles** (``particles=True``): a scale-normalised Laplacian of Gaussian
    (``-sum sigma^2 LoG_sigma``, sigma 1 and 1.5 voxels) responds to bright blobs of 1-4 voxel
    radius about as strongly as their density contrast, and to a core edge or corner at most about
@@ -30,7 +34,9 @@ form no mode, so global classes do not line up with phases. The steps here:
    particles of radius >= 2.5 voxels stay apart.
 5. Labels: uint8, 0 vacuum, then the body classes, the Ni class last (DESIGN.md §3: increasing
    density). Voxels of the densest body class that touch a Ni particle (its blurred halo) go to
-   the class below.
+   the class below; voxels within 2 of a particle and below ``t_env + HALO_CUT (L_lowest -
+   t_env)`` (half way from the envelope threshold to the lightest level) are vacuum: the blur
+   into the vacuum, not the shell beside and under the particle.
 
 Runs where the volume lives (NumPy or CuPy via ``cupyx.scipy.ndimage``); the marker watershed
 runs on the host (scikit-image), on the Ni candidates' bounding region only.
