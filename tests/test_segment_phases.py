@@ -104,20 +104,22 @@ def test_reaction_mode_undefined_without_core():
 # ---------------------------------------------------------------- generated particles, reconstructed
 
 SEEDS = (11, 12, 13, 14, 15)
-# thin plates at 56^3 (core 3-5 voxels thick after SIRT blur): the core's level and Dice fall short
-THIN_PLATE = pytest.mark.xfail(strict=True, reason="thin plate core at 56^3: core Dice 0.88-0.89, shell 0.80-0.87 (see docs/design.md)")
-CASES = [pytest.param(s, marks=THIN_PLATE) if s in (11, 14) else s for s in SEEDS]
+# the thinnest plate at 56^3 (core 3-5 voxels): after TV-100 its Dice reach the goals (0.91 / 0.91 /
+# 0.98) but its reacted fraction by depth does not (largest bin difference 0.25, mean 0.066)
+THIN_PLATE = pytest.mark.xfail(strict=True, reason="thinnest plate at 56^3: depth profile off by 0.25 in one bin after TV-100 (see docs/design.md)")
+CASES = [pytest.param(s, marks=THIN_PLATE) if s == 11 else s for s in SEEDS]
 
 
 @pytest.fixture(scope="module")
 def reconstructed():
-    """Five family members (56^3, noisy +-70 degree series) reconstructed by SIRT-60."""
+    """Five family members (56^3, noisy +-70 degree series) reconstructed by TV-100 (the
+    reconstruction the demo segments; SIRT-60 blurs a thin plate's core below the Dice goal)."""
     out = {}
     for seed in SEEDS:
         spec = random_spec(seed, (56, 56, 56), tilt_range=70.0)
         density, labels, truth = family_particle(spec)
         data, angles = family_series(density, spec)
-        volume = reconstruct(data, method="sirt", angles_deg=angles, iterations=60, backend="cpu")
+        volume = reconstruct(data, method="tv", angles_deg=angles, iterations=100, backend="cpu")
         out[seed] = (density, labels, truth, data, angles, volume)
     return out
 
@@ -147,29 +149,51 @@ def test_segmentation_and_quantities_on_generated_particles(reconstructed, seed)
     # mean shell thickness, same estimator on the truth labels: within 1 voxel (measured 0.1-0.3)
     assert abs(q["shell_thickness_nm"]["mean"] - qt["shell_thickness_nm"]["mean"]) < 1.0
     # the reacted fraction by depth follows the truth's: 0.5-crossing within 1 voxel, mean
-    # difference over the bins <= 0.1 (the largest single-bin difference, at the steep front, is
-    # 0.15-0.25 at 56^3 after SIRT: a sub-voxel front shift; see the report)
+    # difference over the bins <= 0.05, the largest single-bin difference <= 0.12 (measured
+    # 0.03-0.10 on seeds 12-15 after TV-100; it was 0.18-0.20 while the Ni halo cut left pits in
+    # the shell around every particle; the goal is 0.05, see docs/design.md)
     assert abs(q["reaction_depth_nm"] - qt["reaction_depth_nm"]) < 1.0
     pm, pt = q["depth_profile"]["reacted_fraction"], qt["depth_profile"]["reacted_fraction"]
     nb = min(pm.size, pt.size)
-    assert np.mean(np.abs(pm[:nb] - pt[:nb])) < 0.1
+    assert np.mean(np.abs(pm[:nb] - pt[:nb])) < 0.05
+    assert np.max(np.abs(pm[:nb] - pt[:nb])) < 0.12, np.round(pm[:nb] - pt[:nb], 2)
     # levels found without being told: within 10 % of the true densities
     true = np.array([truth.densities[k] for k in ("shell", "core", "particles")])
     assert np.all(np.abs(seg.levels[1:] / true - 1) < 0.12), (seg.levels, true)
 
 
 def test_dart_levels_and_error_beat_sirt(reconstructed):
+    """DART from a TV start, levels refitted to the data on DART's own masks, on the thinnest
+    plate (seed 11; a SIRT start gave its core level 16 % low): levels within 10 % of the true
+    densities, mask RMSE below SIRT-60's."""
     from scipy import ndimage
 
-    density, labels, truth, data, angles, volume = reconstructed[SEEDS[1]]
+    density, labels, truth, data, angles, _ = reconstructed[11]
     x = reconstruct(data, method="dart", angles_deg=angles, n_classes=4, iterations=6, sirt_iterations=5,
-                    initial_iterations=60, backend="cpu")
+                    initial_iterations=60, start="tv", refine_levels=True, backend="cpu")
     levels = np.unique(x)
     true = np.array([truth.densities[k] for k in ("shell", "core", "particles")])
     assert len(levels) == 4 and np.all(np.abs(levels[1:] / true - 1) < 0.10), (levels, true)
     mask = ndimage.binary_dilation(labels > 0, iterations=2)
     rmse = lambda v: float(np.sqrt(np.mean((v - density)[mask] ** 2)))  # noqa: E731
-    assert rmse(x) < rmse(volume), (rmse(x), rmse(volume))
+    volume = reconstruct(data, method="sirt", angles_deg=angles, iterations=60, backend="cpu")
+    assert rmse(x) < 0.95 * rmse(volume), (rmse(x), rmse(volume))
+
+
+def test_segment_blobby_densest_class_is_ni(rng):
+    """A sharp volume whose Ni owns more than 1 % of the interior: the densest body class would
+    take the Ni level (1.70 without the check); the blob check sends the Ni out of the histogram."""
+    shape = (40, 40, 40)
+    vol = np.zeros(shape, np.float32)
+    vol[6:34, 6:34, 12:28] = 0.55
+    vol[16:24, 16:24, 18:22] = 1.0  # a small core (256 voxels, fewer than the Ni's 675)
+    for y in range(9, 32, 5):
+        for x in range(9, 32, 5):
+            vol[_ball(shape, (y, x, 11.0), 1.8)] = 1.7  # a dense Ni load on the top face
+    vol += rng.normal(0, 0.02, shape).astype(np.float32)
+    seg = segment_phases(vol, 4)
+    assert abs(seg.levels[2] - 1.0) < 0.1 and abs(seg.levels[1] - 0.55) < 0.06, seg.levels
+    assert abs(seg.n_particles - 25) <= 2
 
 
 def test_two_and_three_classes_and_bad_input(rng):

@@ -16,8 +16,12 @@ form no mode, so global classes do not line up with phases. The steps here:
 3. **Classes inside the envelope**: multi-Otsu over the envelope's inner voxels only (its outer
    voxel layer excluded: partial volume; with particle detection also the brightest 1 %, where
    the few Ni voxels sit), giving the solid levels (medians per class) and thresholds at the
-   midpoints between them. When the densities are known (``levels``) the thresholds are their
-   midpoints instead (DART-style).
+   midpoints between them. Each level is then re-read as the median of its class's interior
+   (class voxels whose 6 neighbours share the class, when there are >= 1000: a thin core's
+   blurred rim pulls the histogram median down). When the densest class is mostly small blobs
+   at the surface (a sharp TV/DART volume whose Ni owns more than the trimmed 1 %), those blobs
+   leave the histogram and the classes are redone. When the densities are known (``levels``)
+   the thresholds are their midpoints instead (DART-style).
 4. **Ni particles** (``particles=True``): a scale-normalised Laplacian of Gaussian
    (``-sum sigma^2 LoG_sigma``, sigma 1 and 1.5 voxels) responds to bright blobs of 1-4 voxel
    radius about as strongly as their density contrast, and to a core edge or corner at most about
@@ -30,7 +34,9 @@ form no mode, so global classes do not line up with phases. The steps here:
    particles of radius >= 2.5 voxels stay apart.
 5. Labels: uint8, 0 vacuum, then the body classes, the Ni class last (DESIGN.md §3: increasing
    density). Voxels of the densest body class that touch a Ni particle (its blurred halo) go to
-   the class below.
+   the class below; voxels within 2 of a particle and below ``t_env + HALO_CUT (L_lowest -
+   t_env)`` (half way from the envelope threshold to the lightest level) are vacuum: the blur
+   into the vacuum, not the shell beside and under the particle.
 
 Runs where the volume lives (NumPy or CuPy via ``cupyx.scipy.ndimage``); the marker watershed
 runs on the host (scikit-image), on the Ni candidates' bounding region only.
@@ -51,6 +57,7 @@ BLOB_SIGMAS = (1.0, 1.5)  # LoG scales of the Ni detector, voxels (radii ~1-4 vo
 BLOB_THRESHOLD = 0.7     # Ni marker: LoG response above this fraction of the densest body level
 MIDPOINTS = True
 HALO = True
+HALO_CUT = 0.5           # Ni halo: vacuum below t_env + HALO_CUT (lightest level - t_env)
 MARKER_JOIN = 5.0       # Ni markers closer than this (voxels) belong to one particle
 MAX_RADIUS = 4.5        # largest Ni radius the detector expects, voxels
 FRAGMENT = 20           # class fragments smaller than this (voxels) are noise
@@ -262,14 +269,20 @@ def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | N
                 vals = vals[vals <= xp.percentile(vals, 99.0)]
             if vals.size < 10 * n_body:
                 raise InputError("the particle envelope is too small to segment (fewer than a few voxels inside)")
-            if n_body > 1:
-                body_thr = _multi_otsu_values(vals, n_body)
-            else:
-                body_thr = np.zeros(0)
-            cls_idx = xp.searchsorted(xp.asarray(body_thr, dtype=xp.float32), vals)
-            body_levels = np.array([float(xp.median(vals[cls_idx == k])) for k in range(n_body)])
-            if MIDPOINTS:
+            body_thr, body_levels = _body_classes(vals, n_body, xp)
+            if CLASS_INTERIOR and n_body > 1:
+                body_levels = _interior_levels(cls_s, inner, body_thr, body_levels, ndi, xp)
                 body_thr = (body_levels[1:] + body_levels[:-1]) / 2
+            if particles and n_body > 1:
+                # a sharp reconstruction (TV, DART) can hold more Ni than the trimmed 1 %: a mode of
+                # its own that takes the densest body class. When most of that class is Ni-like
+                # blobs, they (and a voxel around them) leave the histogram and the classes are redone
+                dense = inner & (cls_s > float(body_thr[-1]))
+                blobs = _particle_blobs(dense, envelope, ndi, xp)
+                if float(blobs.sum()) >= NI_BLOB * float(dense.sum()) > 0:
+                    rest = cls_s[inner & ~ndi.binary_dilation(blobs)]
+                    if rest.size >= 10 * n_body:
+                        body_thr, body_levels = _body_classes(rest, n_body, xp)
             new_t = (mu0 + body_levels[0]) / 2
             if abs(new_t - t_env) < 1e-3 * abs(body_levels[-1]):
                 t_env = new_t
@@ -284,7 +297,11 @@ def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | N
     labels = xp.zeros(arr.shape, xp.uint8)
     if particles and n_part and HALO:  # a Ni particle's blur into the vacuum around it is not body
         ring = ndi.binary_dilation(nip, iterations=2) & ~nip
-        envelope &= ~(ring & (cls_s < body_levels[0]))
+        # cut half way between the envelope threshold and the lightest level: the blur into the
+        # vacuum falls below it, while the shell under and beside a particle (at its level plus
+        # noise) stays body; cutting at the lightest level itself took about half of those shell
+        # voxels, and the pits left around every particle made the depth below the surface short
+        envelope &= ~(ring & (cls_s < HALO_CUT * body_levels[0] + (1 - HALO_CUT) * t_env))
         envelope |= nip
     body = envelope & ~nip
     cls = xp.searchsorted(xp.asarray(body_thr, dtype=xp.float32), cls_s).astype(xp.uint8) + 1
@@ -305,6 +322,51 @@ def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | N
     thresholds = np.concatenate([[t_env], np.asarray(body_thr, np.float64)])
     return PhaseSegmentation(labels=labels, levels=np.asarray(levels, np.float64), thresholds=thresholds,
                              envelope=envelope, particles=plabels, n_particles=int(n_part))
+
+
+NI_BLOB = 0.5       # a densest body class with this share of its voxels in small blobs at the surface is Ni
+
+
+def _body_classes(vals, n_body, xp):
+    """Multi-Otsu classes of the interior values: (thresholds at the level midpoints, levels)."""
+    body_thr = _multi_otsu_values(vals, n_body) if n_body > 1 else np.zeros(0)
+    cls_idx = xp.searchsorted(xp.asarray(body_thr, dtype=xp.float32), vals)
+    body_levels = np.array([float(xp.median(vals[cls_idx == k])) for k in range(n_body)])
+    if MIDPOINTS:
+        body_thr = (body_levels[1:] + body_levels[:-1]) / 2
+    return body_thr, body_levels
+
+
+CLASS_INTERIOR = True  # body levels from each class's interior voxels (its blurred rim left out)
+
+
+def _interior_levels(cls_s, inner, body_thr, body_levels, ndi, xp):
+    """Each body class's level as the median over its interior: the class voxels inside the
+    envelope whose 6 neighbours are in the class too. A thin layer (a plate's core 3-5 voxels
+    thick) is blurred at its rim, which pulls its histogram median towards its neighbours' level
+    and the threshold with it; its interior is closer to the true density. A class with fewer
+    than 1000 interior voxels keeps its histogram level."""
+    cls = xp.searchsorted(xp.asarray(body_thr, dtype=xp.float32), cls_s)
+    six = ndi.generate_binary_structure(cls_s.ndim, 1)
+    out = np.asarray(body_levels, np.float64).copy()
+    for k in range(out.size):
+        core = ndi.binary_erosion(inner & (cls == k), structure=six)
+        if int(core.sum()) >= 1000:
+            out[k] = float(xp.median(cls_s[core]))
+    return out if np.all(np.diff(out) > 0) else np.asarray(body_levels, np.float64)
+
+
+def _particle_blobs(dense, envelope, ndi, xp):
+    """The connected pieces of ``dense`` that look like Ni particles: no larger than a ball of
+    radius ``MAX_RADIUS + 1`` and reaching within ``MAX_RADIUS`` of the envelope surface (a Ni
+    particle is small and rests on the surface; a core, however thin, is one large piece)."""
+    comps, n = ndi.label(dense)
+    sizes = xp.bincount(comps.ravel())
+    depth = ndi.distance_transform_edt(envelope)
+    shallow = xp.bincount(comps[dense & (depth <= MAX_RADIUS + 0.5)].ravel(), minlength=n + 1) > 0
+    blob = (sizes <= 4.0 / 3.0 * np.pi * (MAX_RADIUS + 1) ** 3) & shallow
+    blob[0] = False
+    return blob[comps]
 
 
 def _multi_otsu_values(vals, n: int) -> np.ndarray:

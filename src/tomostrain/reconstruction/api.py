@@ -200,8 +200,8 @@ def _global_defaults(method, data, geo, n_x, options, where):
         data_max = _abs_max(data)
         options["weight"] = default_tv_weight(data_max, op, op.norm())
     if method == "dart" and options.get("levels") is None:
-        from .dart import phase_levels
-        from .iterative import Operator, sirt
+        from .dart import phase_levels, start_volume
+        from .iterative import Operator
 
         n_rows = data.shape[1]
         step = max(1, -(-n_rows // DART_LEVEL_ROWS))   # rows every `step`: the whole particle in 3D
@@ -212,7 +212,13 @@ def _global_defaults(method, data, geo, n_x, options, where):
             part = _backend.to_host(data[:, sample])
         part = _backend.to_device(part, where)
         sample_geo = TiltGeometry(geo.angles_deg, len(sample), geo.n_cols, center=geo.center, shifts=geo.shifts)
-        start = sirt(part, geometry=sample_geo, iterations=options.get("initial_iterations", 50), n_x=n_x)
+        if options.get("start", "sirt") == "tv" and options.get("tv_weight") is None:
+            from .iterative import default_tv_weight
+
+            op1 = Operator(_chunk_geometry(geo, slice(0, 1)), n_x, xp)
+            options["tv_weight"] = default_tv_weight(_abs_max(data), op1, op1.norm())
+        start = start_volume(part, Operator(sample_geo, n_x, xp), options.get("start", "sirt"),
+                             options.get("initial_iterations", 50), weight=options.get("tv_weight"))
         options["levels"] = phase_levels(start, options.pop("n_classes", 3), part, Operator(sample_geo, n_x, xp))
 
 
