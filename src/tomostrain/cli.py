@@ -156,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--beam-background", type=int, default=None, metavar="COLS",
                    help="air columns on each side for beam normalisation (default n_cols // 16)")
     x.add_argument("--method", default="cgls", choices=["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv"])
-    x.add_argument("--iterations", type=int, default=12,
-                   help="iterations of iterative methods (default 12: early stopping regularises the noise)")
+    x.add_argument("--iterations", type=int, default=None,
+                   help="iterations of iterative methods (default for cgls: stop where the residual reaches the "
+                        "photon noise of the data, the discrepancy principle)")
     x.add_argument("--fit", default="projection", choices=["projection", "volume"],
                    help="fit per projection pixel then reconstruct the amounts (default), or per voxel")
     x.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])

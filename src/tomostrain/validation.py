@@ -152,7 +152,7 @@ class XanesOptions(Section):
     zingers: Optional[Positive] = Field(0.5, **_cli("--zingers"))
     beam_background: Optional[Annotated[int, Field(ge=1)]] = Field(None, **_cli("--beam-background"))
     method: Literal["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv"] = "cgls"
-    iterations: Count = 12
+    iterations: Optional[Count] = None
     fit: Literal["projection", "volume"] = "projection"
 
 
