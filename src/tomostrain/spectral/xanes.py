@@ -25,6 +25,8 @@ from ..gpu_core import backend
 
 #: above this many references the exact subset enumeration gives way to projected gradient
 EXACT_MAX_REFERENCES = 8
+#: cap of the discrepancy-stopped CGLS (slices whose residual never reaches the noise: model errors)
+MAX_DISCREPANCY_ITERATIONS = 30
 
 
 def interpolate_references(references: dict, energies_eV) -> tuple[list[str], np.ndarray]:
@@ -243,7 +245,7 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
         noise of the projected amounts (``discrepancy_cgls``; the noise from the counts' photon
         statistics, ``attenuation_variance``, propagated through the spectral unmixing, or,
         without flats, from the per-pixel misfit of the spectral fit); ``iterations`` then caps
-        it (default 100). Any other value, or ``iterations`` given, runs that fixed count.
+        it (default ``MAX_DISCREPANCY_ITERATIONS``). Any other value, or ``iterations`` given, runs that fixed count.
     recon : passed to ``reconstruction.reconstruct`` (e.g. ``iterations``, ``filter``)
     """
     from ..reconstruction import reconstruct
@@ -301,10 +303,11 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
             inv = np.diag(np.linalg.inv(matrix.T @ matrix))
             amount_var = [(float(inv[j]) * misfit).reshape(stack.shape[1:]).astype(xp.float32)
                           for j in range(len(names))]
-        cap = int(recon.get("max_iterations", 100))
+        cap = int(recon.get("max_iterations", MAX_DISCREPANCY_ITERATIONS))
         vols, used = [], []
         for i in range(len(names)):
-            v, it = discrepancy_cgls(amounts[i], amount_var[i], angles, center=center, max_iterations=cap)
+            v, it = discrepancy_cgls(amounts[i], amount_var[i], angles, center=center, max_iterations=cap,
+                                     tau=float(recon.get("tau", 1.0)))
             vols.append(xp.maximum(v, 0) if recon.get("nonnegative") else v)
             used.append(backend.to_host(it))
         vols = xp.stack(vols)
@@ -332,8 +335,8 @@ def attenuation_variance(raw, flats=None, darks=None, gain=None):
     flat minus dark, ``var(C) = g C + s_r^2``: the read noise ``s_r^2`` from the spread of the
     darks (0 with fewer than 2), and the detector's counts per photon ``g`` (``gain``) by photon
     transfer from the flats (the spread of each pixel over the flats, after each flat is scaled
-    to the same mean so beam changes between flats drop out, over its mean count; 1 with fewer
-    than 2 flats).
+    to the same mean so beam changes between flats drop out, over its mean count; the median
+    over pixels, corrected for the skew of a few-sample variance; 1 with fewer than 2 flats).
     """
     if flats is None:
         return None
@@ -355,7 +358,12 @@ def attenuation_variance(raw, flats=None, darks=None, gain=None):
             level = f.mean(axis=(1, 2), keepdims=True)
             scaled = f * (level.mean() / level)
             g = (scaled.var(axis=0, ddof=1) - read2) / mean_f
-            gain = max(float(xp.median(g)), 1e-6)
+            # the median of a k-sample variance is chi2_k's median / k of the variance (k = n_f - 1;
+            # 0.79 for 4 flats): the median is robust to zingers in the flats but needs that factor
+            from scipy.stats import chi2
+
+            dof = f.shape[0] - 1
+            gain = max(float(xp.median(g)) * dof / float(chi2.median(dof)), 1e-6)
         else:
             gain = 1.0
     counts = xp.maximum(c - dark, 1.0)
