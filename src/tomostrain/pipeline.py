@@ -396,7 +396,7 @@ def _xray_series(input, center, center_method, voxel_size_nm, rings=None, zinger
 
 @safety.entry_point
 def xanes(input, output, *, references, center="auto", rings=None, zingers=0.5, beam_background=None,
-          method="cgls", iterations=None, fit="projection", center_method="vo", backend="auto", command="",
+          method="cgls", iterations=12, fit="projection", center_method="vo", backend="auto", command="",
           job: Job | None = None) -> Path | None:
     """TXM-XANES tomography (or 2-D XANES mapping when the scan has a single angle) of a raw
     DXchange file (or a list of per-energy files) to per-voxel fractions of the reference
