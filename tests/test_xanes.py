@@ -203,3 +203,33 @@ def test_xanes_discrepancy_stop_over_variants(n, photons, seed, offset, metal):
                                          opt, method="cgls", fit="projection")
         for name in its:
             assert np.mean(res_dim.meta["iterations"][name]) < np.mean(its[name]) - 2
+
+
+def test_discrepancy_cgls_stops_near_the_best_iteration():
+    """A noisy parallel-beam slice with known noise: the stop lands where the residual first
+    reaches the noise (not earlier, not later) and its error is within 15 % of the best
+    iterate's error; without noise information (tau -> 0) it runs to the cap."""
+    from tomostrain.reconstruction.iterative import cgls
+    from tomostrain.spectral.xanes import discrepancy_cgls
+    from tomostrain.synthetic import SHEPP_LOGAN, ellipse_image, ellipse_sinogram
+
+    n = 64
+    ell = SHEPP_LOGAN.copy()
+    ell[:, 1:5] *= n / 2 * 0.8
+    angles = np.linspace(0, 180, 91)[:-1]
+    truth = ellipse_image(ell, n)
+    clean = ellipse_sinogram(ell, angles, n)[:, None, :]
+    rng = np.random.default_rng(5)
+    sigma = 0.05 * clean.max()
+    b = (clean + sigma * rng.normal(size=clean.shape)).astype(np.float32)
+    var = np.full(b.shape, sigma ** 2, np.float32)
+    x, its = discrepancy_cgls(b, var, angles)
+    errors, residuals = [], []
+    cgls(b, angles, iterations=40, callback=lambda it, v, r: (errors.append(np.sqrt(np.mean((v[0] - truth) ** 2))),
+                                                               residuals.append(r)))
+    k = int(its[0])
+    assert residuals[k - 1] ** 2 <= var.sum() < residuals[k - 2] ** 2  # the first iterate at the noise level
+    err = np.sqrt(np.mean((x[0] - truth) ** 2))
+    assert err <= 1.15 * min(errors), (k, err, min(errors), int(np.argmin(errors)) + 1)
+    _, capped = discrepancy_cgls(b, var, angles, tau=1e-3, max_iterations=25)
+    assert int(capped[0]) == 25
