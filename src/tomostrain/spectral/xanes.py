@@ -245,7 +245,8 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
         noise of the projected amounts (``discrepancy_cgls``; the noise from the counts' photon
         statistics, ``attenuation_variance``, propagated through the spectral unmixing, or,
         without flats, from the per-pixel misfit of the spectral fit); ``iterations`` then caps
-        it (default ``MAX_DISCREPANCY_ITERATIONS``). Any other value, or ``iterations`` given, runs that fixed count.
+        it (default ``MAX_DISCREPANCY_ITERATIONS``); "sure" keeps the iterate of least estimated
+        predictive risk instead (``sure_cgls``); None, or ``iterations`` given, runs a fixed count.
     recon : passed to ``reconstruction.reconstruct`` (e.g. ``iterations``, ``filter``)
     """
     from ..reconstruction import reconstruct
@@ -264,7 +265,9 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
     opt = options or XrayOptions()
     wanted = opt.center
     step_opt = XrayOptions(**{**opt.__dict__, "center": None})
-    auto_stop = (fit == "projection" and method == "cgls" and stopping == "discrepancy"
+    if stopping not in ("discrepancy", "sure", None):
+        raise InputError(f"stopping must be 'discrepancy', 'sure' or None, got {stopping!r}")
+    auto_stop = (fit == "projection" and method == "cgls" and stopping is not None
                  and recon.get("iterations") is None)
     names_p, matrix_p = interpolate_references(references, e[order]) if auto_stop else (None, None)
     unmix = np.linalg.pinv(matrix_p) ** 2 if auto_stop else None  # var(amount_j) = sum_k P_jk^2 var_k
@@ -306,8 +309,11 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
         cap = int(recon.get("max_iterations", MAX_DISCREPANCY_ITERATIONS))
         vols, used = [], []
         for i in range(len(names)):
-            v, it = discrepancy_cgls(amounts[i], amount_var[i], angles, center=center, max_iterations=cap,
-                                     tau=float(recon.get("tau", 1.0)))
+            if stopping == "sure":
+                v, it = sure_cgls(amounts[i], amount_var[i], angles, center=center, max_iterations=cap)
+            else:
+                v, it = discrepancy_cgls(amounts[i], amount_var[i], angles, center=center, max_iterations=cap,
+                                         tau=float(recon.get("tau", 1.0)))
             vols.append(xp.maximum(v, 0) if recon.get("nonnegative") else v)
             used.append(backend.to_host(it))
         vols = xp.stack(vols)
@@ -428,3 +434,61 @@ def discrepancy_cgls(projections, variance, angles_deg, center=None, max_iterati
         gamma = gamma_new
         active = active & (per_slice(r) > goal)
     return x, used
+
+
+def sure_cgls(projections, variance, angles_deg, center=None, max_iterations=MAX_DISCREPANCY_ITERATIONS, eps=0.3,
+              seed=0, per_slice=False):
+    """CGLS stopped per slice at the iterate of least estimated predictive risk (Monte-Carlo SURE).
+
+    ``SURE_k = ||b - A x_k||^2 - sum(V) + 2 df_k``: an unbiased estimate of
+    ``E ||A x_k - A x_true||^2`` for Gaussian noise of variance ``V``, with the degrees of freedom
+    ``df_k = sum V d(A x_k)/db`` estimated by one probe (Ramani et al. 2008): the same CGLS on
+    ``b + eps sqrt(V) z`` (z standard normal) runs alongside as extra slices, and
+    ``df_k = (sqrt(V) z) . (A x_k(b + eps sqrt(V) z) - A x_k(b)) / eps``. The discrepancy
+    principle ignores ``df_k`` and stops earlier. Runs ``max_iterations`` and keeps the iterate
+    of least SURE summed over the slices (``per_slice``: per slice; one probe per slice makes
+    that noisy). Returns ``(volume, iterations per slice)``.
+    """
+    from ..reconstruction.geometry import TiltGeometry
+    from ..reconstruction.iterative import Operator
+
+    xp = backend.xp_of(projections)
+    b = xp.asarray(projections, dtype=xp.float32)
+    n_a, n_rows, n_cols = b.shape
+    var = xp.broadcast_to(xp.asarray(variance, dtype=xp.float32), b.shape)
+    sd = xp.sqrt(xp.maximum(var, 0))
+    rng = np.random.default_rng(seed)
+    z = xp.asarray(rng.standard_normal(b.shape).astype(np.float32)) * sd
+    data = xp.concatenate([b, b + np.float32(eps) * z], axis=1)  # (n_a, 2 rows, cols): probe as slices
+    op = Operator(TiltGeometry(np.asarray(angles_deg, np.float64), 2 * n_rows, n_cols, center=center), n_cols, xp)
+    x = xp.zeros((2 * n_rows, n_cols, n_cols), xp.float32)
+    r = data.copy()
+    s = op.back(r)
+    p = s.copy()
+    gamma = (s.astype(xp.float64) ** 2).sum(axis=(1, 2))
+    total_var = var.astype(xp.float64).sum(axis=(0, 2))
+    best = xp.zeros((n_rows, n_cols, n_cols), xp.float32)
+    best_risk = xp.full(n_rows, np.inf)
+    best_it = xp.zeros(n_rows, xp.int64)
+    for it in range(int(max_iterations)):
+        q = op.forward(p)
+        qq = (q.astype(xp.float64) ** 2).sum(axis=(0, 2))
+        alpha = xp.where(qq > 0, gamma / xp.where(qq > 0, qq, 1.0), 0.0)
+        x += (alpha[:, None, None] * p).astype(xp.float32)
+        r -= (alpha[None, :, None] * q).astype(xp.float32)
+        s = op.back(r)
+        gamma_new = (s.astype(xp.float64) ** 2).sum(axis=(1, 2))
+        beta = xp.where(gamma > 0, gamma_new / xp.where(gamma > 0, gamma, 1.0), 0.0)
+        p = (s + beta[:, None, None] * p).astype(xp.float32)
+        gamma = gamma_new
+        r0, r1 = r[:, :n_rows], r[:, n_rows:]
+        # A x(b') - A x(b) = (b' - r1) - (b - r0) = eps z - r1 + r0
+        df = (z.astype(xp.float64) * (np.float32(eps) * z - r1 + r0)).sum(axis=(0, 2)) / eps
+        risk = (r0.astype(xp.float64) ** 2).sum(axis=(0, 2)) - total_var + 2 * df
+        if not per_slice:
+            risk = xp.broadcast_to(risk.sum(), risk.shape)
+        better = risk < best_risk
+        best = xp.where(better[:, None, None], x[:n_rows], best)
+        best_risk = xp.where(better, risk, best_risk)
+        best_it = xp.where(better, it + 1, best_it)
+    return best, best_it
