@@ -12,6 +12,10 @@ stage, the centre error (px) of each finder (tomostrain vo / phase, algotom vo /
 correlation, TomoPy ``find_center_vo`` when importable), and the reconstruction RMSE against the
 phantom.
 
+Accuracy tables: ``ring_variants`` (ring amplitude ratio and mean bias of each ring method on
+five phantoms x four gain-error kinds x 128-1024 px) and ``xanes_variants`` (fraction RMSE of
+XANES with the discrepancy stop and with 12 CGLS iterations on ten TXM phantom variants).
+
 XANES: ``nnls`` throughput (voxels/s) for 2 and 4 references over 15 energies, and the whole
 ``xanes_tomography`` on a 64-px, 4-row simulated TXM-XANES scan with "volume" vs "projection"
 fitting and fbp vs cgls: seconds and Ni-fraction RMSE in the particle.
@@ -185,10 +189,91 @@ def _xanes(quick):
     return out
 
 
+RING_FAULTS = {"sparse 5 %": {"strength": 0.05, "fraction": 0.1},
+               "dense 2 %": {"strength": 0.02, "fraction": 0.3},
+               "partial": {"strength": 0.05, "fraction": 0.1, "partial": 0.01},
+               "strong 10 %": {"strength": 0.1, "fraction": 0.05}}
+
+
+def ring_case(kind, n, fault, seed=1):
+    """(data, clean, angles) transmission sinograms (angles, 1, n) of ``xray_phantom(kind)`` with
+    the ``RING_FAULTS[fault]`` gain errors and 0.1 % (strong: 0.3 %) noise; n angles up to 256 px,
+    0.75 n beyond."""
+    from tomostrain.synthetic import ellipse_sinogram
+    from tomostrain.synthetic.xray import gain_errors, xray_phantom
+
+    rng = np.random.default_rng(seed)
+    n_ang = n if n <= 256 else int(round(0.75 * n))
+    angles = np.linspace(0, 180, n_ang + 1)[:-1]
+    sino = ellipse_sinogram(xray_phantom(kind, n, seed), angles, n) * (2.0 / n)
+    clean = np.exp(-sino)[:, None, :]
+    noise = 3e-3 if fault.startswith("strong") else 1e-3
+    noisy = clean * (1 + noise * rng.normal(size=clean.shape))
+    data = (noisy * gain_errors(n_ang, n, seed + 100, **RING_FAULTS[fault])).astype(np.float32)
+    return data, clean, angles
+
+
+def ring_variants(sizes=(128, 256, 512, 1024), kinds=None, faults=None, methods=("sort", "sort_offset")):
+    """Ring amplitude ratio (``ring_amplitude`` before / after, about the reconstruction of the
+    data without gain errors) and the mean bias of every ring method on every phantom, fault
+    and size: ``{size: {kind: {fault: {method: (ratio, bias)}}}}``."""
+    from tomostrain.reconstruction import preprocess as pp
+    from tomostrain.reconstruction.fbp import fbp
+    from tomostrain.synthetic.xray import XRAY_PHANTOMS
+
+    out = {}
+    for n in sizes:
+        for kind in kinds or XRAY_PHANTOMS:
+            for fault in faults or RING_FAULTS:
+                data, clean, angles = ring_case(kind, n, fault)
+                ref = fbp(-np.log(clean).astype(np.float32), angles)
+                before = pp.ring_amplitude(fbp(-np.log(data), angles), ref)
+                row = {}
+                for m in methods:
+                    after = fbp(-np.log(pp.remove_rings(data, m)), angles)
+                    row[m] = (before / pp.ring_amplitude(after, ref), float((after.mean() - ref.mean()) / ref.mean()))
+                out.setdefault(n, {}).setdefault(kind, {})[fault] = row
+    return out
+
+
+XANES_VARIANTS = [(64, 3e4, 0, 3.0, (3.0, 4.0)), (64, 2e4, 1, -2.3, (3.0, 4.0)), (64, 5e4, 7, 4.5, (2.5, 3.0)),
+                  (64, 1e4, 9, 0.0, (3.0, 4.0)), (64, 1e5, 10, -1.2, (3.0, 4.0)), (96, 1e4, 3, 2.5, (3.0, 4.0)),
+                  (96, 3e4, 6, 0.5, (3.0, 4.0)), (96, 2e4, 8, -5.5, (4.0, 6.0)), (128, 1e4, 4, -3.7, (3.0, 4.0)),
+                  (128, 1e5, 5, 1.5, (3.0, 4.0))]
+
+
+def xanes_variants(variants=XANES_VARIANTS, runs=(("discrepancy", {}), ("12 it.", {"iterations": 12}))):
+    """Ni-fraction RMSE in the particle and metal-particle mean fraction of projection-space
+    CGLS XANES on TXM phantom variants ``(n, photons, seed, centre offset, metal radius)``, with
+    the discrepancy stop and with a fixed count."""
+    from tomostrain.reconstruction.preprocess import XrayOptions
+    from tomostrain.spectral.xanes import xanes_tomography
+    from tomostrain.synthetic.txm import txm_xanes_series
+
+    out = []
+    for n, photons, seed, offset, metal in variants:
+        s = txm_xanes_series(n, 4, seed=seed, center_offset=offset, photons=photons, metal_radius=metal)
+        refs = {k: (s.energies_eV, v) for k, v in s.references.items()}
+        row = {"n": n, "photons": photons, "seed": seed, "offset": offset, "metal_radius": metal}
+        for name, kw in runs:
+            opt = XrayOptions(zingers=0.5, beam_background=4, center="auto")
+            res, c, _ = xanes_tomography(s.data, s.angles_deg, s.energies_eV, refs, s.flats, s.darks, opt,
+                                         method="cgls", fit="projection", **kw)
+            f, m = res.fractions["Ni"], s.particle
+            row[name] = {"rmse": float(np.sqrt(np.mean((f[m] - s.fraction_ni[m]) ** 2))),
+                         "metal": float(f[s.metal_particles].mean()), "center_error_px": c - s.center,
+                         "iterations": res.meta.get("iterations")}
+        out.append(row)
+    return out
+
+
 def run(out_dir="benchmarks/results/cpu", quick=False, backend="cpu") -> Path:
     width, rows, n_angles = QUICK if quick else (WIDTH, ROWS, ANGLES)
     payload = {"machine": machine(backend), "quick": quick, "xray_180": _xray(width, rows, n_angles),
-               "xanes": _xanes(quick)}
+               "xanes": _xanes(quick),
+               "ring_variants": {str(k): v for k, v in ring_variants(sizes=(128, 512) if quick else
+                                                                   (128, 256, 512, 1024)).items()},
+               "xanes_variants": xanes_variants(XANES_VARIANTS[:3] if quick else XANES_VARIANTS)}
     return write_json(out_dir, "bench_xray", payload)
 
 

@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--voxel-size", type=float, default=None, help="voxel size (nm); default from the file")
     t.add_argument("--center-method", default="vo", choices=["vo", "phase"],
                    help="--center auto: Vo's sinogram metric (default) or phase correlation of the 0/180 degree views")
-    t.add_argument("--rings", default=None, choices=["sort", "fit", "wavelet", "normalize", "all"],
+    t.add_argument("--rings", default=None, choices=["sort", "sort_offset", "fit", "wavelet", "normalize", "all"],
                    help="X-ray: ring (stripe) removal on the transmission sinograms")
     t.add_argument("--zingers", type=float, nargs="?", const=0.5, default=None, metavar="THRESHOLD",
                    help="X-ray: remove zingers brighter than (1 + THRESHOLD) x their neighbours (default 0.5)")
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--references", required=True, help="reference spectra, comma-separated CSV files 'energy_eV,mu'")
     x.add_argument("--center", type=_center, default="auto", help="rotation-axis column or 'auto' (default)")
     x.add_argument("--center-method", default="vo", choices=["vo", "phase"])
-    x.add_argument("--rings", default=None, choices=["sort", "fit", "wavelet", "normalize", "all"])
+    x.add_argument("--rings", default=None, choices=["sort", "sort_offset", "fit", "wavelet", "normalize", "all"])
     x.add_argument("--zingers", type=float, default=0.5, metavar="THRESHOLD", help="zinger threshold (default 0.5)")
     x.add_argument("--beam-background", type=int, default=None, metavar="COLS",
                    help="air columns on each side for beam normalisation (default n_cols // 16)")

@@ -61,7 +61,7 @@ class TomoOptions(Section):
     iterations: Optional[Count] = None
     center: Union[Literal["auto"], None, Finite] = None
     center_method: Literal["vo", "phase"] = Field("vo", **_cli("--center-method"))
-    rings: Optional[Literal["sort", "fit", "wavelet", "normalize", "all"]] = Field(None, **_cli("--rings"))
+    rings: Optional[Literal["sort", "sort_offset", "fit", "wavelet", "normalize", "all"]] = Field(None, **_cli("--rings"))
     zingers: Optional[Positive] = Field(None, **_cli("--zingers"))
     paganin: Optional[dict[str, Positive]] = Field(None, **_cli("--paganin"))
     beam_background: Optional[Annotated[int, Field(ge=1)]] = Field(None, **_cli("--beam-background"))
@@ -148,7 +148,7 @@ class XanesOptions(Section):
                       Field(min_length=1)]] = Field(json_schema_extra={"path": True, "cli": "--references"})
     center: Union[Literal["auto"], Finite] = "auto"
     center_method: Literal["vo", "phase"] = Field("vo", **_cli("--center-method"))
-    rings: Optional[Literal["sort", "fit", "wavelet", "normalize", "all"]] = Field(None, **_cli("--rings"))
+    rings: Optional[Literal["sort", "sort_offset", "fit", "wavelet", "normalize", "all"]] = Field(None, **_cli("--rings"))
     zingers: Optional[Positive] = Field(0.5, **_cli("--zingers"))
     beam_background: Optional[Annotated[int, Field(ge=1)]] = Field(None, **_cli("--beam-background"))
     method: Literal["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv"] = "cgls"

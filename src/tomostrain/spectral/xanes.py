@@ -25,6 +25,8 @@ from ..gpu_core import backend
 
 #: above this many references the exact subset enumeration gives way to projected gradient
 EXACT_MAX_REFERENCES = 8
+#: cap of the discrepancy-stopped CGLS (slices whose residual never reaches the noise: model errors)
+MAX_DISCREPANCY_ITERATIONS = 30
 
 
 def interpolate_references(references: dict, energies_eV) -> tuple[list[str], np.ndarray]:
@@ -229,7 +231,7 @@ def xanes_map_2d(transmission, energies_eV, references, **kw) -> XanesFit:
 
 
 def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, darks=None, options=None,
-                     method="fbp", fit="volume", backend_name="auto", **recon):
+                     method="fbp", fit="volume", backend_name="auto", stopping="discrepancy", **recon):
     """TXM-XANES tomography -> ``(XanesFit over (n_rows, n_x, n_x), center, attenuation volumes)``.
 
     data : (n_energies, n_angles, rows, cols) raw counts (or transmission when ``flats`` is None)
@@ -238,6 +240,13 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
         or a column) is resolved once, on the attenuation summed over energies
     fit : "volume" (reconstruct every energy, fit per voxel) or "projection" (fit per
         projection pixel, reconstruct each reference's amount)
+    stopping : with ``method="cgls"``, ``fit="projection"`` and no ``iterations`` given:
+        "discrepancy" stops CGLS per slice and per reference where the residual reaches the
+        noise of the projected amounts (``discrepancy_cgls``; the noise from the counts' photon
+        statistics, ``attenuation_variance``, propagated through the spectral unmixing, or,
+        without flats, from the per-pixel misfit of the spectral fit); ``iterations`` then caps
+        it (default ``MAX_DISCREPANCY_ITERATIONS``); "sure" keeps the iterate of least estimated
+        predictive risk instead (``sure_cgls``); None, or ``iterations`` given, runs a fixed count.
     recon : passed to ``reconstruction.reconstruct`` (e.g. ``iterations``, ``filter``)
     """
     from ..reconstruction import reconstruct
@@ -256,11 +265,23 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
     opt = options or XrayOptions()
     wanted = opt.center
     step_opt = XrayOptions(**{**opt.__dict__, "center": None})
-    att = []
-    for k in order:  # one energy at a time: a loop over energies, not voxels
+    if stopping not in ("discrepancy", "sure", None):
+        raise InputError(f"stopping must be 'discrepancy', 'sure' or None, got {stopping!r}")
+    auto_stop = (fit == "projection" and method == "cgls" and stopping is not None
+                 and recon.get("iterations") is None)
+    names_p, matrix_p = interpolate_references(references, e[order]) if auto_stop else (None, None)
+    unmix = np.linalg.pinv(matrix_p) ** 2 if auto_stop else None  # var(amount_j) = sum_k P_jk^2 var_k
+    att, amount_var = [], None
+    for i, k in enumerate(order):  # one energy at a time: a loop over energies, not voxels
         f = None if flats is None else (flats[k] if np.ndim(flats) == 4 else flats)
         a, angles, _ = preprocess_xray(d[k], angles_deg, f, darks, options=step_opt)
         att.append(a)
+        if auto_stop and f is not None and not opt.fold_360 and not opt.paganin:
+            v = attenuation_variance(d[k], f, darks).astype(xp.float32)
+            if amount_var is None:
+                amount_var = [xp.zeros_like(v) for _ in range(unmix.shape[0])]
+            for j in range(unmix.shape[0]):
+                amount_var[j] += xp.float32(unmix[j, i]) * v
     e = e[order]
     if wanted == "auto":
         total = att[0].copy()
@@ -278,9 +299,196 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
     stack = xp.stack(att)  # (n_e, n_angles, rows, cols)
     coef = nnls(matrix, stack.reshape(e.size, -1))
     amounts = coef.reshape((len(names),) + stack.shape[1:]).astype(xp.float32)
-    vols = xp.stack([xp.asarray(reconstruct(amounts[i], method=method, angles_deg=angles, center=center,
-                                            backend=backend_name, **recon)) for i in range(len(names))])
+    if auto_stop:
+        if amount_var is None:  # no counts: the spectral misfit per pixel estimates the noise
+            flat = stack.reshape(e.size, -1)
+            misfit = ((xp.asarray(matrix) @ coef - flat) ** 2).sum(axis=0) / max(e.size - len(names), 1)
+            inv = np.diag(np.linalg.inv(matrix.T @ matrix))
+            amount_var = [(float(inv[j]) * misfit).reshape(stack.shape[1:]).astype(xp.float32)
+                          for j in range(len(names))]
+        cap = int(recon.get("max_iterations", MAX_DISCREPANCY_ITERATIONS))
+        vols, used = [], []
+        for i in range(len(names)):
+            if stopping == "sure":
+                v, it = sure_cgls(amounts[i], amount_var[i], angles, center=center, max_iterations=cap)
+            else:
+                v, it = discrepancy_cgls(amounts[i], amount_var[i], angles, center=center, max_iterations=cap,
+                                         tau=float(recon.get("tau", 1.0)))
+            vols.append(xp.maximum(v, 0) if recon.get("nonnegative") else v)
+            used.append(backend.to_host(it))
+        vols = xp.stack(vols)
+        stop_iterations = {n: [int(u) for u in used[i]] for i, n in enumerate(names)}
+    else:
+        vols = xp.stack([xp.asarray(reconstruct(amounts[i], method=method, angles_deg=angles, center=center,
+                                                backend=backend_name, **recon)) for i in range(len(names))])
+        stop_iterations = None
     # the amounts' volumes give mu per voxel back through the references: fit them exactly
     spectra = xp.tensordot(xp.asarray(matrix, dtype=xp.float32), vols, axes=(1, 0))
     result = fit_spectra(spectra, e, references)
+    if stop_iterations is not None:
+        result.meta["iterations"] = stop_iterations
     return result, center, spectra
+
+
+# ------------------------------------------------------------------ noise-aware reconstruction
+def attenuation_variance(raw, flats=None, darks=None, gain=None):
+    """Per-pixel variance of ``-log`` transmission from the counts' statistics (photon noise).
+
+    raw : (n_angles, rows, cols) raw counts of one energy; flats (n_f, rows, cols), darks
+    (n_d, rows, cols) as measured (None: the raw data are already transmission and no variance
+    can be known: returns None).
+    ``var(-log T) = var(C) / C^2 + var(F) / (n_f F^2)`` with ``C = raw - dark``, ``F`` the mean
+    flat minus dark, ``var(C) = g C + s_r^2``: the read noise ``s_r^2`` from the spread of the
+    darks (0 with fewer than 2), and the detector's counts per photon ``g`` (``gain``) by photon
+    transfer from the flats (the spread of each pixel over the flats, after each flat is scaled
+    to the same mean so beam changes between flats drop out, over its mean count; the median
+    over pixels, corrected for the skew of a few-sample variance; 1 with fewer than 2 flats).
+    """
+    if flats is None:
+        return None
+    xp = backend.xp_of(raw)
+    c = xp.asarray(raw, dtype=xp.float64)
+    f = xp.asarray(flats, dtype=xp.float64)
+    f = f[None] if f.ndim == 2 else f
+    if darks is not None:
+        dk = xp.asarray(darks, dtype=xp.float64)
+        dk = dk[None] if dk.ndim == 2 else dk
+        dark = dk.mean(axis=0)
+        read2 = float(xp.median(dk.var(axis=0, ddof=1))) if dk.shape[0] >= 2 else 0.0
+    else:
+        dark, read2 = 0.0, 0.0
+    f = f - dark
+    mean_f = xp.maximum(f.mean(axis=0), 1.0)
+    if gain is None:
+        if f.shape[0] >= 2:
+            level = f.mean(axis=(1, 2), keepdims=True)
+            scaled = f * (level.mean() / level)
+            g = (scaled.var(axis=0, ddof=1) - read2) / mean_f
+            # the median of a k-sample variance is chi2_k's median / k of the variance (k = n_f - 1;
+            # 0.79 for 4 flats): the median is robust to zingers in the flats but needs that factor
+            from scipy.stats import chi2
+
+            dof = f.shape[0] - 1
+            gain = max(float(xp.median(g)) * dof / float(chi2.median(dof)), 1e-6)
+        else:
+            gain = 1.0
+    counts = xp.maximum(c - dark, 1.0)
+    return (gain * counts + read2) / counts ** 2 + (gain * mean_f + read2) / (f.shape[0] * mean_f ** 2)
+
+
+def discrepancy_cgls(projections, variance, angles_deg, center=None, max_iterations=100, tau=1.0, weighted=False,
+                     x0=None):
+    """CGLS on ``A x = b`` stopped per slice by the discrepancy principle (optionally weighted).
+
+    projections : (n_angles, rows, cols) linear data ``b``; variance : their noise variance
+        (same shape, or broadcastable), e.g. ``attenuation_variance`` propagated to the data.
+    Every slice iterates until its residual ``||b - A x||^2`` falls to ``tau^2 sum(V)`` over
+    the slice (weighted: ``||V^-1/2 (b - A x)||^2`` to ``tau^2 m``, m the rays of the slice),
+    the noise level: iterating further fits noise
+    (Morozov's discrepancy principle; CGLS iterations are the regulariser, and this stops them
+    where the data say, not at a tuned count). ``max_iterations`` caps slices whose residual
+    never reaches the noise (model errors). Returns ``(volume (rows, n, n) float32,
+    iterations per slice (rows,) int)``. Uses the project's projector pair
+    (``reconstruction.iterative.Operator``); per-slice scalars, as ``iterative.cgls``.
+    """
+    from ..reconstruction.geometry import TiltGeometry
+    from ..reconstruction.iterative import Operator
+
+    xp = backend.xp_of(projections)
+    b = xp.asarray(projections, dtype=xp.float32)
+    n_a, n_rows, n_cols = b.shape
+    var = xp.broadcast_to(xp.asarray(variance, dtype=xp.float32), b.shape)
+    if weighted:
+        w = xp.where(var > 0, 1.0 / xp.sqrt(xp.where(var > 0, var, 1.0)), 0.0).astype(xp.float32)
+    else:
+        w = xp.ones(b.shape, xp.float32)
+    op = Operator(TiltGeometry(np.asarray(angles_deg, np.float64), n_rows, n_cols, center=center), n_cols, xp)
+    x = xp.zeros((n_rows, n_cols, n_cols), xp.float32) if x0 is None else xp.array(x0, dtype=xp.float32)
+
+    def per_slice(a):  # (n_a, rows, cols) -> (rows,) sums
+        return (a.astype(xp.float64) ** 2).sum(axis=(0, 2))
+
+    if weighted:
+        goal = tau ** 2 * (w > 0).sum(axis=(0, 2)).astype(xp.float64)
+    else:
+        goal = tau ** 2 * var.astype(xp.float64).sum(axis=(0, 2))
+    r = w * (b - op.forward(x))
+    s = op.back(w * r)
+    p = s.copy()
+    gamma = (s.astype(xp.float64) ** 2).sum(axis=(1, 2))
+    active = per_slice(r) > goal
+    used = xp.zeros(n_rows, xp.int64)
+    for _ in range(int(max_iterations)):
+        if not bool(active.any()):
+            break
+        q = w * op.forward(p)
+        qq = per_slice(q)
+        alpha = xp.where(active & (qq > 0), gamma / xp.where(qq > 0, qq, 1.0), 0.0)
+        x += (alpha[:, None, None] * p).astype(xp.float32)
+        r -= (alpha[None, :, None] * q).astype(xp.float32)
+        used += active
+        s = op.back(w * r)
+        gamma_new = (s.astype(xp.float64) ** 2).sum(axis=(1, 2))
+        beta = xp.where(gamma > 0, gamma_new / xp.where(gamma > 0, gamma, 1.0), 0.0)
+        p = (s + beta[:, None, None] * p).astype(xp.float32)
+        gamma = gamma_new
+        active = active & (per_slice(r) > goal)
+    return x, used
+
+
+def sure_cgls(projections, variance, angles_deg, center=None, max_iterations=MAX_DISCREPANCY_ITERATIONS, eps=0.3,
+              seed=0, per_slice=False):
+    """CGLS stopped per slice at the iterate of least estimated predictive risk (Monte-Carlo SURE).
+
+    ``SURE_k = ||b - A x_k||^2 - sum(V) + 2 df_k``: an unbiased estimate of
+    ``E ||A x_k - A x_true||^2`` for Gaussian noise of variance ``V``, with the degrees of freedom
+    ``df_k = sum V d(A x_k)/db`` estimated by one probe (Ramani et al. 2008): the same CGLS on
+    ``b + eps sqrt(V) z`` (z standard normal) runs alongside as extra slices, and
+    ``df_k = (sqrt(V) z) . (A x_k(b + eps sqrt(V) z) - A x_k(b)) / eps``. The discrepancy
+    principle ignores ``df_k`` and stops earlier. Runs ``max_iterations`` and keeps the iterate
+    of least SURE summed over the slices (``per_slice``: per slice; one probe per slice makes
+    that noisy). Returns ``(volume, iterations per slice)``.
+    """
+    from ..reconstruction.geometry import TiltGeometry
+    from ..reconstruction.iterative import Operator
+
+    xp = backend.xp_of(projections)
+    b = xp.asarray(projections, dtype=xp.float32)
+    n_a, n_rows, n_cols = b.shape
+    var = xp.broadcast_to(xp.asarray(variance, dtype=xp.float32), b.shape)
+    sd = xp.sqrt(xp.maximum(var, 0))
+    rng = np.random.default_rng(seed)
+    z = xp.asarray(rng.standard_normal(b.shape).astype(np.float32)) * sd
+    data = xp.concatenate([b, b + np.float32(eps) * z], axis=1)  # (n_a, 2 rows, cols): probe as slices
+    op = Operator(TiltGeometry(np.asarray(angles_deg, np.float64), 2 * n_rows, n_cols, center=center), n_cols, xp)
+    x = xp.zeros((2 * n_rows, n_cols, n_cols), xp.float32)
+    r = data.copy()
+    s = op.back(r)
+    p = s.copy()
+    gamma = (s.astype(xp.float64) ** 2).sum(axis=(1, 2))
+    total_var = var.astype(xp.float64).sum(axis=(0, 2))
+    best = xp.zeros((n_rows, n_cols, n_cols), xp.float32)
+    best_risk = xp.full(n_rows, np.inf)
+    best_it = xp.zeros(n_rows, xp.int64)
+    for it in range(int(max_iterations)):
+        q = op.forward(p)
+        qq = (q.astype(xp.float64) ** 2).sum(axis=(0, 2))
+        alpha = xp.where(qq > 0, gamma / xp.where(qq > 0, qq, 1.0), 0.0)
+        x += (alpha[:, None, None] * p).astype(xp.float32)
+        r -= (alpha[None, :, None] * q).astype(xp.float32)
+        s = op.back(r)
+        gamma_new = (s.astype(xp.float64) ** 2).sum(axis=(1, 2))
+        beta = xp.where(gamma > 0, gamma_new / xp.where(gamma > 0, gamma, 1.0), 0.0)
+        p = (s + beta[:, None, None] * p).astype(xp.float32)
+        gamma = gamma_new
+        r0, r1 = r[:, :n_rows], r[:, n_rows:]
+        # A x(b') - A x(b) = (b' - r1) - (b - r0) = eps z - r1 + r0
+        df = (z.astype(xp.float64) * (np.float32(eps) * z - r1 + r0)).sum(axis=(0, 2)) / eps
+        risk = (r0.astype(xp.float64) ** 2).sum(axis=(0, 2)) - total_var + 2 * df
+        if not per_slice:
+            risk = xp.broadcast_to(risk.sum(), risk.shape)
+        better = risk < best_risk
+        best = xp.where(better[:, None, None], x[:n_rows], best)
+        best_risk = xp.where(better, risk, best_risk)
+        best_it = xp.where(better, it + 1, best_it)
+    return best, best_it

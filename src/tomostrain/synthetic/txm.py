@@ -140,7 +140,7 @@ def reduced_particle(n=64, n_rows=4, seed=0, radius=None, shell=4.0, n_metal=3, 
 def txm_xanes_series(n=64, n_rows=4, energies_eV=None, angles_deg=None, *, seed=0, center_offset=3.0,
                      photons=3e4, gain_spread=0.1, ring_error=0.01, beam_drift=0.05, zinger_rate=2e-4,
                      dark_level=100.0, read_noise=3.0, n_flats=4, n_darks=4, mu_post=0.05, shell=4.0,
-                     n_metal=3) -> TxmXanes:
+                     n_metal=3, metal_radius=(3.0, 4.0)) -> TxmXanes:
     """Simulate a TXM-XANES tomography scan (see the module docstring).
 
     n, n_rows : slice width and number of detector rows (voxels = pixels)
@@ -150,13 +150,16 @@ def txm_xanes_series(n=64, n_rows=4, energies_eV=None, angles_deg=None, *, seed=
     ring_error : std of the per-pixel gain error the flats miss (rings); beam_drift : relative
     std of the per-projection beam intensity; zinger_rate : fraction of pixels hit (x3-x8);
     mu_post : attenuation per voxel of unit density one edge step above the edge
+    shell, n_metal, metal_radius : of ``reduced_particle`` (reduced-layer depth, number and
+    radius range (voxels) of the Ni particles in the oxide core)
     """
     if n < 32 or n_rows < 1:
         raise InputError(f"need n >= 32 and n_rows >= 1, got {n}, {n_rows}")
     rng = np.random.default_rng(seed + 1000)
     energies = np.asarray(DEFAULT_ENERGIES if energies_eV is None else energies_eV, np.float64)
     angles = np.arange(0.0, 180.0 + 1e-9, 2.0) if angles_deg is None else np.asarray(angles_deg, np.float64)
-    frac, amount, particle, metal, placed = reduced_particle(n, n_rows, seed, shell=shell, n_metal=n_metal)
+    frac, amount, particle, metal, placed = reduced_particle(n, n_rows, seed, shell=shell, n_metal=n_metal,
+                                                         metal_radius=metal_radius)
     refs = nickel_references(energies)
     vol_ni = (amount * frac).astype(np.float32)
     vol_ox = (amount * (1 - frac)).astype(np.float32)
