@@ -99,7 +99,10 @@ def check_datacube(cube: DataCube) -> None:
     source = cube.meta.get("source", "4D-STEM data")
     bad, first, peak, low = 0, None, -np.inf, np.inf
     try:
-        for sl, chunk in cube.iter_rows(4 * CHECK_CHUNK_BYTES):
+        for sl, chunk in _check_chunks(cube):
+            if chunk.dtype.kind in "ui":  # integer counts: always finite, compared as they are
+                peak, low = max(peak, float(chunk.max())), min(low, float(chunk.min()))
+                continue
             finite = np.isfinite(chunk)
             if not finite.all():
                 if first is None:
@@ -119,6 +122,21 @@ def check_datacube(cube: DataCube) -> None:
     if peak <= 0:
         raise InputError(f"{source}: the 4D-STEM data have no positive value (min {low:g}, max {peak:g}); "
                          "diffraction counts are positive: negated or wrongly offset data?")
+
+
+def _check_chunks(cube: DataCube):
+    """``(row slice, chunk)`` over the scan for ``check_datacube``: integer data as read (no float
+    copy), anything else as float32 (so float64 beyond float32's range counts as Inf, as the
+    steps would see it)."""
+    sy, sx, ky, kx = cube.shape
+    dtype = getattr(cube.data, "dtype", None)
+    if dtype is None or np.dtype(dtype).kind not in "ui":
+        yield from cube.iter_rows(4 * CHECK_CHUNK_BYTES)
+        return
+    from ..gpu_core import chunks
+
+    for sl in chunks.plan(sy, 16 * sx * ky * kx, 4 * CHECK_CHUNK_BYTES):
+        yield sl, np.asarray(backend.to_host(cube.data[sl]))
 
 
 def _check_4d(shape, where) -> None:

@@ -24,9 +24,10 @@ import numpy as np
 from ..distributed import ChunkedStep, InlineExecutor, Lowest, collect
 from ..errors import CalibrationError
 from ..gpu_core import backend as _backend
+from ..gpu_core.kernels.virtual_detector import radial_sums
 from . import calibrate
 from .disks import BraggPeaks, DiskFinder, disk_geometry, peaks_from_parts
-from .phases import PhaseMap, classify_profiles, profile_range, profile_rows
+from .phases import PhaseMap, classify_profiles, profile_range
 from .virtual import annular_sums, annulus_box
 
 #: working set per detector pixel of one pattern, bytes (chunk + temporaries), per pass
@@ -124,10 +125,16 @@ class DisksAndMaps(_ScanPass):
         det = self.cube.detector_shape
         field = xp.asarray(self.origin)
         o = field[rows]
-        bf = annular_sums(chunk, o, 0.0, self.bf_radius, annulus_box(field, self.bf_radius, det, xp), xp)
+        # BF, ADF and the radial profiles in one pass over the pixels (the radial_sums kernel); the
+        # ADF's box holds the BF disk too, so the sums equal annular_sums' and profile_rows'
         inner, outer = self.adf_edges
-        adf = annular_sums(chunk, o, inner, outer, annulus_box(field, outer, det, xp), xp)
-        prof = profile_rows(chunk, o, self.ellipse, self.r_min, self.nbins, xp)
+        (ys, xs), _, _ = annulus_box(field, max(outer, self.bf_radius), det, xp)
+        n = chunk.shape[0] * chunk.shape[1]
+        sums, prof = radial_sums(chunk.reshape(n, *det), o.reshape(n, 2), [(0.0, self.bf_radius), (inner, outer)],
+                                 (ys.start, ys.stop, xs.start, xs.stop), ellipse=self.ellipse, r_min=self.r_min,
+                                 nbins=self.nbins)
+        shape = chunk.shape[:2]
+        bf, adf, prof = sums[:, 0].reshape(shape), sums[:, 1].reshape(shape), prof.reshape(*shape, self.nbins)
         peaks, counts = self.finder.find(chunk.reshape(-1, *det), rows)
         return tuple(_backend.to_host(a) for a in (bf, adf, prof, peaks, counts))
 
