@@ -1,7 +1,8 @@
 """A 4D-STEM scan in three passes over the cube, each a chunked step of ``distributed``.
 
-1. ``MeanAndTotal``: the summed pattern (a reduction) and every pattern's total intensity (a map).
-   The central disk (centre, radius) of the mean pattern follows.
+1. ``MeanAndTotal``: the summed pattern (a reduction) and every pattern's total intensity (a map),
+   with the value check of ``io.check_datacube`` (NaN/Inf, all zero, negated) on the same read
+   (``first_pass``). The central disk (centre, radius) of the mean pattern follows.
 2. ``OriginsAndVacuum``: per-position centroids of the central disk (a map; the origin plane is
    fitted to them), the intensity inside the disk and with it each position's scattering score
    ``(total - inside) / inside``, and the ``k`` least-scattering patterns themselves, kept as the
@@ -60,18 +61,23 @@ class _ScanPass(ChunkedStep):
 
 
 class MeanAndTotal(_ScanPass):
-    """Pass 1: ``(summed pattern (ky, kx), total intensity (rows, sx))``, float64 host arrays."""
+    """Pass 1: ``(summed pattern (ky, kx), total intensity (rows, sx))``, float64 host arrays, and
+    per scan row ``io.datacube.value_summary``'s four arrays (NaN/Inf count, first one, largest
+    and smallest finite value): the value check of ``io.check_datacube`` on the same read."""
 
     number = 1
-    kind = ("reduce", "map")
+    kind = ("reduce", "map", "map", "map", "map", "map")
 
     def process(self, rows):
+        from ..io.datacube import value_summary
+
         chunk = self.rows(rows)
         xp = _backend.xp_of(chunk)
-        if not bool(xp.isfinite(chunk).all()):
-            raise CalibrationError(f"the scan contains NaN or Inf in scan rows {rows.start}:{rows.stop}")
+        summary = value_summary(chunk, rows.start)
+        if summary[0].any():
+            chunk = xp.where(xp.isfinite(chunk), chunk, 0)
         return (_backend.to_host(chunk.sum((0, 1), dtype=xp.float64)),
-                _backend.to_host(chunk.sum((2, 3), dtype=xp.float64)))
+                _backend.to_host(chunk.sum((2, 3), dtype=xp.float64)), *summary)
 
 
 class OriginsAndVacuum(_ScanPass):
@@ -173,15 +179,30 @@ def _plan(executor, step, backend, budget):
     return plan
 
 
+def first_pass(cube, *, executor=None, backend: str = "cpu", budget: int | None = None, progress=None):
+    """Pass 1: ``(summed pattern (ky, kx), total intensity (sy, sx))``, after refusing what
+    ``io.check_datacube`` refuses (NaN/Inf, all zero, no positive value; a read failure is a
+    FileFormatError), judged on the same reads: the stem pipeline's check and pass 1 in one."""
+    from ..io.datacube import check_values, read_errors
+
+    executor = executor or InlineExecutor()
+    step1 = MeanAndTotal(cube, backend)
+    with read_errors(cube):
+        summed, total, *summary = collect(executor, step1, plan=_plan(executor, step1, backend, budget),
+                                          progress=progress)
+    check_values(cube, *summary)
+    return summed, total
+
+
 def calibrate_scan(cube, *, probe=None, fraction: float = 0.05, executor=None, backend: str = "cpu",
-                   budget: int | None = None, progress=None) -> ScanCalibration:
+                   budget: int | None = None, progress=None, first=None) -> ScanCalibration:
     """Passes 1 and 2. ``probe``: None (the ``fraction`` of least-scattering positions, as
     ``probe_template("auto")``), or a ready probe template (ky, kx) used as it is (pass 2 still
-    measures the origins)."""
+    measures the origins). ``first``: pass 1's ``(summed, total)`` when ``first_pass`` already ran."""
     executor = executor or InlineExecutor()
     sy, sx = cube.scan_shape
-    step1 = MeanAndTotal(cube, backend)
-    summed, total = collect(executor, step1, plan=_plan(executor, step1, backend, budget), progress=progress)
+    summed, total = first if first is not None else first_pass(cube, executor=executor, backend=backend,
+                                                               budget=budget, progress=progress)
     mean = summed / (sy * sx)
     c0, radius = calibrate.central_disk(mean)
     k = max(1, int(round(fraction * sy * sx)))
