@@ -515,35 +515,52 @@ def disk_peaks_cpu(corr, frames, thr, edge, min_spacing, max_peaks, mode, radius
 
 
 def _make_pass(is_max):
-    """A pass of the opening along the rows of ``src (R, C)`` into ``dst (C, R)`` (transposed, so
-    the next pass runs along the other axis): ``dst[i, y]`` = min (``is_max``: max) of
-    ``src[y, i - half : i + half + 1]`` clipped to the row (scipy's ``mode="nearest"``), by
-    van Herk / Gil-Werman: running extrema forwards and backwards in blocks of the window's width,
-    about three comparisons a pixel whatever the width. ``pad, fwd, bwd``: work space of length
-    ``C + 2 half``."""
+    """A pass of the opening down the columns of ``src (R, C)`` into ``dst (R, C)``: ``dst[y, x]``
+    = min (``is_max``: max) of ``src[y - half : y + half + 1, x]`` clipped to the column (scipy's
+    ``mode="nearest"``), by van Herk / Gil-Werman: running extrema forwards and backwards in blocks
+    of the window's height, about three comparisons a pixel whatever the window, each over a whole
+    row at once (contiguous selects ``a if a < b else b``, which vectorise). ``fwd, bwd``: work
+    space of at least ``(R + 2 half, C)``."""
 
     @register_jitable
-    def one_pass(src, dst, half, pad, fwd, bwd):
-        n_rows, n = src.shape
+    def one_pass(src, dst, half, fwd, bwd):
+        n, n_cols = src.shape
         w = 2 * half + 1
         m = n + 2 * half
-        for y in range(n_rows):
-            for j in range(m):
-                pad[j] = src[y, min(max(j - half, 0), n - 1)]
-            for s0 in range(0, m, w):
-                e = min(s0 + w, m)
-                v = pad[s0]
-                fwd[s0] = v
-                for j in range(s0 + 1, e):
-                    v = max(v, pad[j]) if is_max else min(v, pad[j])
-                    fwd[j] = v
-                v = pad[e - 1]
-                bwd[e - 1] = v
-                for j in range(e - 2, s0 - 1, -1):
-                    v = max(v, pad[j]) if is_max else min(v, pad[j])
-                    bwd[j] = v
-            for i in range(n):
-                dst[i, y] = max(bwd[i], fwd[i + w - 1]) if is_max else min(bwd[i], fwd[i + w - 1])
+        for s0 in range(0, m, w):
+            e = min(s0 + w, m)
+            r = min(max(s0 - half, 0), n - 1)
+            for x in range(n_cols):
+                fwd[s0, x] = src[r, x]
+            for j in range(s0 + 1, e):
+                r = min(max(j - half, 0), n - 1)
+                for x in range(n_cols):
+                    a = fwd[j - 1, x]
+                    b = src[r, x]
+                    if is_max:
+                        fwd[j, x] = a if a > b else b
+                    else:
+                        fwd[j, x] = a if a < b else b
+            r = min(max(e - 1 - half, 0), n - 1)
+            for x in range(n_cols):
+                bwd[e - 1, x] = src[r, x]
+            for j in range(e - 2, s0 - 1, -1):
+                r = min(max(j - half, 0), n - 1)
+                for x in range(n_cols):
+                    a = bwd[j + 1, x]
+                    b = src[r, x]
+                    if is_max:
+                        bwd[j, x] = a if a > b else b
+                    else:
+                        bwd[j, x] = a if a < b else b
+        for y in range(n):
+            for x in range(n_cols):
+                a = bwd[y, x]
+                b = fwd[y + w - 1, x]
+                if is_max:
+                    dst[y, x] = a if a > b else b
+                else:
+                    dst[y, x] = a if a < b else b
 
     return one_pass
 
@@ -552,27 +569,41 @@ _erode_pass = _make_pass(False)
 _dilate_pass = _make_pass(True)
 
 
+@register_jitable
+def _transpose(src, dst):
+    """``dst = src.T`` in 16 x 16 tiles."""
+    n, n_cols = src.shape
+    for y0 in range(0, n, 16):
+        for x0 in range(0, n_cols, 16):
+            for y in range(y0, min(y0 + 16, n)):
+                for x in range(x0, min(x0 + 16, n_cols)):
+                    dst[x, y] = src[y, x]
+
+
 @numba.njit(parallel=True, cache=True)
 def white_tophat_cpu(corr, half, out):
     """``out = corr - opening(corr)`` per map, the opening a minimum then a maximum filter over a
     ``(2 half + 1)^2`` square with ``mode="nearest"``: equal, bit for bit, to scipy.ndimage's
     (min and max are exact), which the GPU path runs (``cupyx.scipy.ndimage``)."""
     n_pat, ky, kx = corr.shape
-    size = max(ky, kx) + 2 * half
+    size = max(ky, kx)
     for n in numba.prange(n_pat):
-        pad = np.empty(size, np.float32)
-        fwd = np.empty(size, np.float32)
-        bwd = np.empty(size, np.float32)
-        a = np.empty((kx, ky), np.float32)   # transposed work image
-        b = np.empty((ky, kx), np.float32)
+        fwd = np.empty((size + 2 * half, size), np.float32)
+        bwd = np.empty((size + 2 * half, size), np.float32)
+        a = np.empty((ky, kx), np.float32)
+        b = np.empty((kx, ky), np.float32)   # transposed work images
+        t = np.empty((kx, ky), np.float32)
         c = corr[n]
-        _erode_pass(c, a, half, pad, fwd, bwd)      # along x, then (transposed) along y
-        _erode_pass(a, b, half, pad, fwd, bwd)
-        _dilate_pass(b, a, half, pad, fwd, bwd)
-        _dilate_pass(a, b, half, pad, fwd, bwd)
+        o = out[n]
+        _erode_pass(c, a, half, fwd, bwd)    # along y
+        _transpose(a, t)
+        _erode_pass(t, b, half, fwd, bwd)    # along x (transposed)
+        _dilate_pass(b, t, half, fwd, bwd)   # along x
+        _transpose(t, a)
+        _dilate_pass(a, o, half, fwd, bwd)   # along y
         for y in range(ky):
             for x in range(kx):
-                out[n, y, x] = c[y, x] - b[y, x]
+                o[y, x] = c[y, x] - o[y, x]
 
 
 def disk_profile(template, cy, cx, radius, width, dr=0.1):
