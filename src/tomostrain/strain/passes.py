@@ -89,7 +89,7 @@ class OriginsAndVacuum(_ScanPass):
     def __init__(self, cube, backend, c0, radius, total, k):
         super().__init__(cube, backend)
         self.c0, self.radius, self.total, self.k = np.asarray(_backend.to_host(c0)), float(radius), total, int(k)
-        self.kind = ("map", "map", Lowest(self.k))
+        self.kind = ("map", "map", _LowestPatterns(self.k))
 
     def process(self, rows):
         chunk = self.rows(rows)
@@ -111,6 +111,22 @@ class OriginsAndVacuum(_ScanPass):
         patterns = _backend.to_host(chunk.reshape(-1, ky, kx)[xp.asarray(pick)])
         return (_backend.to_host(centre), score,
                 (flat[pick], rows.start * sx + pick, np.asarray(patterns, np.float32)))
+
+
+class _LowestPatterns(Lowest):
+    """``distributed.Lowest`` that gathers only the ``k`` kept patterns from the partials (each
+    chunk brings up to ``k`` of them) instead of concatenating them all first: same result."""
+
+    def __call__(self, parts: list):
+        score = np.concatenate([p[0] for p in parts])
+        index = np.concatenate([p[1] for p in parts])
+        keep = np.lexsort((index, score))[: self.k]
+        ends = np.cumsum([len(p[0]) for p in parts])
+        part = np.searchsorted(ends, keep, side="right")
+        start = np.concatenate([[0], ends[:-1]])
+        payload = np.stack([parts[j][2][i - start[j]] for j, i in zip(part, keep)]) if len(keep) else \
+            parts[0][2][:0]
+        return score[keep], index[keep], payload
 
 
 class DisksAndMaps(_ScanPass):
