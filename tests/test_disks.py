@@ -222,3 +222,22 @@ def test_gpu_equals_cpu_full_size():
         # can fall one Gauss-Newton step apart on a few weak disks: a fraction of their own error
         assert np.median(d) < 1e-4 and np.quantile(d, 0.99) < 2e-3 and d.max() < 0.05, (np.median(d), d.max())
         np.testing.assert_allclose(cupy.asnumpy(gpu.intensity), cpu.intensity, rtol=1e-3)
+
+
+@pytest.mark.parametrize("shape, radius", [((6, 64, 48), 5.0), ((3, 9, 70), 3.2), ((2, 40, 40), 12.0)])
+def test_local_background_equals_scipy_grey_opening(shape, radius):
+    """The Numba top-hat (van Herk min/max filters) equals scipy.ndimage's opening bit for bit,
+    windows wider than a side and borders included; the GPU path runs cupyx's."""
+    from scipy import ndimage
+
+    from tomostrain.strain.disks import _above_local_background
+
+    rng = np.random.default_rng(3)
+    corr = (rng.normal(size=shape) + 3 * rng.random(shape[:1])[:, None, None]).astype(np.float32)
+    side = 2 * int(np.ceil(2 * radius)) + 1
+    size = (1, side, side)
+    want = corr - ndimage.maximum_filter(ndimage.minimum_filter(corr, size=size, mode="nearest"), size=size,
+                                         mode="nearest")
+    got = _above_local_background(corr, radius, np)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert (got >= 0).all() and got.max() > 0

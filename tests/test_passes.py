@@ -67,8 +67,8 @@ def test_the_stem_pipeline_reads_the_cube_three_times(scan, tmp_path, monkeypatc
 
     monkeypatch.setattr(io, "read_datacube", counted)
     out = pipeline.stem(path, tmp_path / "out.h5", backend="cpu")
-    # one streamed value check (io.check_datacube: NaN/Inf, all zero, negated) + the three passes
-    assert counters[0].rows_read == 4 * data.shape[0]
+    # three passes; the value check (NaN/Inf, all zero, negated) is made on pass 1's reads
+    assert counters[0].rows_read == 3 * data.shape[0]
     res = io.read_results(out)["stem"]
     origin = res["calibration"]["origin"].astype(np.float64)
     r = float(res["calibration"]["@attrs"]["disk_radius_px"])
@@ -91,3 +91,19 @@ def test_the_stem_pipeline_on_a_local_dask_cluster_equals_inline(scan, tmp_path)
     for group, key in (("virtual", "bf"), ("virtual", "adf"), ("phase", "labels"), ("calibration", "origin"),
                        ("peaks", "qy"), ("lattice", "g1"), ("strain", "exx")):
         np.testing.assert_array_equal(dask[group][key], inline[group][key])
+
+
+def test_the_lowest_patterns_merge_equals_distributed_lowest():
+    """Pass 2's merge (gathers the k kept patterns only) gives distributed.Lowest's result: ties
+    by index, an empty partial, k beyond the candidates."""
+    from tomostrain.distributed import Lowest
+    from tomostrain.strain.passes import _LowestPatterns
+
+    rng = np.random.default_rng(0)
+    parts = [(rng.random(n), np.arange(n) + 100 * j, rng.random((n, 3, 2))) for j, n in enumerate([5, 0, 7, 3])]
+    parts[2][0][:2] = parts[0][0][0]
+    for k in (1, 4, 15, 40):
+        want, got = Lowest(k)(parts), _LowestPatterns(k)(parts)
+        assert len(got[0]) == min(k, 15)
+        for a, b in zip(want, got):
+            np.testing.assert_array_equal(a, b)

@@ -42,3 +42,33 @@ def test_bright_field_and_annular_masks_split_the_intensity(rng):
     adf = (r >= 4).astype(np.float32)
     sums, _, tot = virtual_detector(frames, np.stack([bf, adf]))
     np.testing.assert_allclose(sums.sum(1), tot, rtol=1e-6)
+
+
+def test_radial_sums_equal_numpy_annuli_and_ellipse_corrected_profiles(rng):
+    """The radial_sums kernel (BF/ADF sums and the phase map's profiles) against masks and bins
+    built in NumPy from the definition (annuli in the plain radius inside the box, profile bins of
+    the ellipse-corrected radius), each pattern about its own origin; empty bins and an empty
+    pattern included."""
+    from tomostrain.gpu_core.kernels.virtual_detector import radial_sums
+    from tomostrain.strain.calibrate import correct_ellipse
+
+    frames = rng.poisson(3.0, (9, 31, 27)).astype(np.float32)
+    frames[4] = 0.0
+    origins = np.column_stack([15.0 + 2 * rng.random(9), 12.0 + 2 * rng.random(9)])
+    edges, box, ellipse = [(0.0, 4.3), (6.0, 11.5)], (2, 29, 1, 25), (1.12, 35.0)
+    sums, prof = radial_sums(frames, origins, edges, box, ellipse=ellipse, r_min=2.5, nbins=14)
+    iy, ix = np.indices(frames.shape[1:])
+    dy, dx = iy - origins[:, 0, None, None], ix - origins[:, 1, None, None]
+    r = np.hypot(dy, dx)
+    inside = np.zeros(frames.shape[1:], bool)
+    inside[2:29, 1:25] = True
+    want = np.stack([np.where((r >= a) & (r < b) & inside, frames, 0).sum((1, 2)) for a, b in edges], 1)
+    b = np.floor(np.hypot(*correct_ellipse(dy, dx, *ellipse)) - 2.5)
+    want_prof = np.stack([np.where(b == k, frames, 0).sum((1, 2)) for k in range(14)], 1)
+    np.testing.assert_allclose(sums, want, rtol=1e-12)
+    np.testing.assert_allclose(prof, want_prof, rtol=1e-12)
+    assert want.min() == 0 and want[:, 1].max() > 0 and want_prof[:, -1].max() > 0
+    _, plain = radial_sums(frames, origins, r_min=2.5, nbins=14)           # no ellipse, no annuli
+    want_plain = np.stack([np.where(np.floor(r - 2.5) == k, frames, 0).sum((1, 2)) for k in range(14)], 1)
+    np.testing.assert_allclose(plain, want_plain, rtol=1e-12)
+    assert not np.allclose(plain, prof)                                     # the ellipse counts

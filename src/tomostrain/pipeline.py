@@ -569,7 +569,7 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
     """
     from .strain.disks import BraggPeaks, disk_geometry
     from .strain.lattice import choose_lattice_vectors, fit_lattice
-    from .strain.passes import ScanCalibration, calibrate_scan, scan_maps
+    from .strain.passes import ScanCalibration, calibrate_scan, first_pass, scan_maps
     from .strain.phases import resolve_phases
     from .strain.strainmap import strain_map
 
@@ -611,7 +611,11 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
                                    meta={k: v for k, v in cube.meta.items() if k != "file"})
     try:
         _stem_preflight(cube)
-        io.check_datacube(cube)  # finite, not all zero, not negated: streamed, before any step
+        first = None  # finite, not all zero, not negated: streamed, before any step
+        if job.done("calibrate"):
+            io.check_datacube(cube)
+        else:  # the same check on pass 1's reads (mean pattern + totals): one pass less
+            first = first_pass(cube, executor=job.executor, backend=job.backend, progress=job.progress("check"))
         q_pixel_size = q_pixel_size or cube.q_pixel_size
         if not q_pixel_size:
             raise CalibrationError(f"{input}: no q_pixel_size in the file's metadata; give --q-pixel-size (1/Å)")
@@ -631,7 +635,7 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
             with job.step("calibrate"):
                 given = None if probe is None else _probe_template(cube, probe, b)
                 sc = calibrate_scan(cube, probe=given, executor=job.executor, backend=b,
-                                    progress=job.progress("calibrate"))
+                                    progress=job.progress("calibrate"), first=first)
                 kernel = sc.probe
                 radius = disk_geometry(kernel)[2]
                 _check_disk(radius, cube.detector_shape, input)

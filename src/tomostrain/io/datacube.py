@@ -95,30 +95,79 @@ CHECK_CHUNK_BYTES = 64 << 20
 def check_datacube(cube: DataCube) -> None:
     """Stream through a cube in chunks of scan rows and refuse what no 4D-STEM scan holds: NaN
     or Inf (position and count named), only zeros, or no positive value at all (negated counts).
-    A read failure of the file (a corrupt compressed chunk) becomes a FileFormatError."""
+    A read failure of the file (a corrupt compressed chunk) becomes a FileFormatError.
+    (``strain.passes.first_pass`` makes the same check within its pass over the cube.)"""
+    with read_errors(cube):
+        parts = [value_summary(chunk, sl.start) for sl, chunk in _check_chunks(cube)]
+    check_values(cube, *(np.concatenate(p) for p in zip(*parts)))
+
+
+def value_summary(chunk, start_row: int = 0):
+    """Per scan row of a chunk ``(rows, sx, ky, kx)`` (NumPy): ``(number of NaN/Inf, flat index
+    in the whole scan of the first one or -1, largest and smallest finite value)``, what
+    ``check_values`` judges."""
+    xp = backend.xp_of(chunk)
+    rows = chunk.shape[0]
+    per_row = int(np.prod(chunk.shape[1:]))
+    flat = chunk.reshape(rows, -1)
+    if chunk.dtype.kind in "ui":  # integer counts: always finite, compared as they are
+        return (np.zeros(rows, np.int64), np.full(rows, -1, np.int64),
+                backend.to_host(flat.max(1)).astype(np.float64), backend.to_host(flat.min(1)).astype(np.float64))
+    finite = xp.isfinite(flat)
+    bad = backend.to_host((~finite).sum(1)).astype(np.int64)
+    first = np.full(rows, -1, np.int64)
+    if bad.any():
+        first = np.where(bad > 0, backend.to_host(xp.argmin(finite, axis=1)) + (start_row + np.arange(rows)) * per_row,
+                         -1)
+        flat = xp.where(finite, flat, 0)
+    return bad, first, backend.to_host(flat.max(1)).astype(np.float64), backend.to_host(flat.min(1)).astype(np.float64)
+
+
+def check_values(cube: DataCube, bad, first, peak, low) -> None:
+    """Refuse a cube by its ``value_summary`` rows (``check_datacube``'s errors)."""
     source = cube.meta.get("source", "4D-STEM data")
-    bad, first, peak, low = 0, None, -np.inf, np.inf
-    try:
-        for sl, chunk in cube.iter_rows(4 * CHECK_CHUNK_BYTES):
-            finite = np.isfinite(chunk)
-            if not finite.all():
-                if first is None:
-                    idx = np.unravel_index(int(np.flatnonzero(~finite.ravel())[0]), chunk.shape)
-                    first = (idx[0] + sl.start, *map(int, idx[1:]))
-                bad += int((~finite).sum())
-                chunk = np.where(finite, chunk, 0)
-            peak, low = max(peak, float(chunk.max())), min(low, float(chunk.min()))
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise FileFormatError(f"cannot read the data of {source} (damaged or truncated file?): "
-                              f"{type(exc).__name__}: {exc}") from None
-    if bad:
-        raise InputError(f"{source}: {bad} NaN/Inf value(s) in the 4D-STEM data; first at "
-                         f"(scan_y, scan_x, ky, kx) = {tuple(int(i) for i in first)}")
+    if bad.sum():
+        where = np.unravel_index(int(first[first >= 0].min()), cube.shape)
+        raise InputError(f"{source}: {int(bad.sum())} NaN/Inf value(s) in the 4D-STEM data; first at "
+                         f"(scan_y, scan_x, ky, kx) = {tuple(int(i) for i in where)}")
+    peak, low = float(peak.max()), float(low.min())
     if peak == 0 and low == 0:
         raise InputError(f"{source}: every value of the 4D-STEM data is zero (an empty or unwritten scan)")
     if peak <= 0:
         raise InputError(f"{source}: the 4D-STEM data have no positive value (min {low:g}, max {peak:g}); "
                          "diffraction counts are positive: negated or wrongly offset data?")
+
+
+class read_errors:
+    """Context: a read failure of the cube's file (a corrupt compressed chunk, a truncated file)
+    becomes a FileFormatError naming the file."""
+
+    def __init__(self, cube: DataCube):
+        self.source = cube.meta.get("source", "4D-STEM data")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is not None and issubclass(kind, (OSError, ValueError, RuntimeError, KeyError)):
+            raise FileFormatError(f"cannot read the data of {self.source} (damaged or truncated file?): "
+                                  f"{kind.__name__}: {exc}") from None
+        return False
+
+
+def _check_chunks(cube: DataCube):
+    """``(row slice, chunk)`` over the scan for ``check_datacube``: integer data as read (no float
+    copy), anything else as float32 (so float64 beyond float32's range counts as Inf, as the
+    steps would see it)."""
+    sy, sx, ky, kx = cube.shape
+    dtype = getattr(cube.data, "dtype", None)
+    if dtype is None or np.dtype(dtype).kind not in "ui":
+        yield from cube.iter_rows(4 * CHECK_CHUNK_BYTES)
+        return
+    from ..gpu_core import chunks
+
+    for sl in chunks.plan(sy, 16 * sx * ky * kx, 4 * CHECK_CHUNK_BYTES):
+        yield sl, np.asarray(backend.to_host(cube.data[sl]))
 
 
 def _check_4d(shape, where) -> None:

@@ -40,8 +40,8 @@ def probe_template(cube_or_image, region="auto", *, fraction: float = 0.05, back
         raise CalibrationError("probe patterns must be finite with a positive maximum (vacuum patterns)")
     ky, kx = frames.shape[1:]
     centres = _disk_centres(frames, xp)
-    shifted = _fourier_shift(frames, xp.asarray([ky // 2, kx // 2], dtype=xp.float64) - centres, xp)
-    probe = xp.clip(shifted.mean(0), 0.0, None)
+    shifted = _fourier_shift(frames, xp.asarray([ky // 2, kx // 2], dtype=xp.float64) - centres, xp, mean=True)
+    probe = xp.clip(shifted, 0.0, None)
     return _central_disk_only(probe / probe.sum(), xp)
 
 
@@ -382,10 +382,33 @@ def _box3(frames, xp):
     return sum(pad[:, i : i + ky, j : j + kx] for i in range(3) for j in range(3)) / 9.0
 
 
-def _fourier_shift(frames, shift, xp):
-    """Move each frame by ``shift`` (n, 2) pixels (+ moves content to higher indices)."""
+def _fourier_shift(frames, shift, xp, mean: bool = False):
+    """Move each frame by ``shift`` (n, 2) pixels (+ moves content to higher indices); with
+    ``mean``, the mean of the moved frames (ky, kx), by one inverse transform of the mean spectrum
+    (the transform is linear). Real transforms (``scipy.fft`` on all cores on the CPU), equal to
+    the real part of the complex round trip ``ifft2(fft2(f) ramp)`` up to rounding."""
     n, ky, kx = frames.shape
+    if xp is np:
+        import os
+
+        import scipy.fft as fft
+
+        kw = {"workers": os.cpu_count() or 1}
+    else:
+        fft, kw = xp.fft, {}
     fy = xp.fft.fftfreq(ky)[None, :, None]
-    fx = xp.fft.fftfreq(kx)[None, None, :]
-    ramp = xp.exp(-2j * np.pi * (fy * shift[:, 0, None, None] + fx * shift[:, 1, None, None]))
-    return xp.fft.ifft2(xp.fft.fft2(frames) * ramp).real
+    fx = xp.fft.rfftfreq(kx)[None, None, :]
+    ey = xp.exp(-2j * np.pi * fy * shift[:, 0, None, None])
+    # the Nyquist row, column and corner as the complex round trip's real part has them: cos(pi d)
+    if ky % 2 == 0:
+        ey[:, ky // 2, 0] = xp.cos(np.pi * shift[:, 0])
+    ex = xp.exp(-2j * np.pi * fx * shift[:, 1, None, None])
+    if kx % 2 == 0:
+        ex[:, 0, kx // 2] = xp.cos(np.pi * shift[:, 1])
+    ramp = ey * ex
+    if ky % 2 == 0 and kx % 2 == 0:
+        ramp[:, ky // 2, kx // 2] = xp.cos(np.pi * (shift[:, 0] + shift[:, 1]))
+    spectra = fft.rfft2(frames, **kw) * ramp
+    if mean:
+        return fft.irfft2(spectra.mean(0), s=(ky, kx), **kw)
+    return fft.irfft2(spectra, s=(ky, kx), **kw)

@@ -248,12 +248,14 @@ def _above_local_background(corr, radius, xp):
     remains is each peak's height above the level around it (a white top-hat). A diffuse background
     or the halo of the direct beam then neither hides a weak spot on its slope nor lifts noise
     maxima to the level of real disks; on a dark background the maps are unchanged."""
-    if xp is np:
-        from scipy import ndimage
-    else:
-        from cupyx.scipy import ndimage
-    side = 2 * int(math.ceil(2.0 * radius)) + 1
-    size = (1, side, side)
+    half = int(math.ceil(2.0 * radius))
+    if xp is np:  # the Numba twin of the same opening (van Herk), bit for bit equal, ~10x faster
+        out = np.empty_like(corr)
+        _kernel.white_tophat_cpu(np.ascontiguousarray(corr, dtype=np.float32), half, out)
+        return out
+    from cupyx.scipy import ndimage
+
+    size = (1, 2 * half + 1, 2 * half + 1)
     opened = ndimage.maximum_filter(ndimage.minimum_filter(corr, size=size, mode="nearest"), size=size, mode="nearest")
     return corr - opened
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import math
 
-from scipy import constants as _c
-
 
 def electron_wavelength_A(energy_kev: float) -> float:
     """Relativistic electron wavelength (Å) at beam energy ``energy_kev`` (keV); 200 keV -> 0.02508 Å."""
+    from scipy import constants as _c  # here, not at import: scipy.constants costs ~0.2 s to import
+
     ev = float(energy_kev) * 1e3 * _c.e
     p = math.sqrt(2 * _c.m_e * ev * (1 + ev / (2 * _c.m_e * _c.c**2)))
     return _c.h / p * 1e10

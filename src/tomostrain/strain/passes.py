@@ -1,7 +1,8 @@
 """A 4D-STEM scan in three passes over the cube, each a chunked step of ``distributed``.
 
-1. ``MeanAndTotal``: the summed pattern (a reduction) and every pattern's total intensity (a map).
-   The central disk (centre, radius) of the mean pattern follows.
+1. ``MeanAndTotal``: the summed pattern (a reduction) and every pattern's total intensity (a map),
+   with the value check of ``io.check_datacube`` (NaN/Inf, all zero, negated) on the same read
+   (``first_pass``). The central disk (centre, radius) of the mean pattern follows.
 2. ``OriginsAndVacuum``: per-position centroids of the central disk (a map; the origin plane is
    fitted to them), the intensity inside the disk and with it each position's scattering score
    ``(total - inside) / inside``, and the ``k`` least-scattering patterns themselves, kept as the
@@ -24,9 +25,10 @@ import numpy as np
 from ..distributed import ChunkedStep, InlineExecutor, Lowest, collect
 from ..errors import CalibrationError
 from ..gpu_core import backend as _backend
+from ..gpu_core.kernels.virtual_detector import radial_sums
 from . import calibrate
 from .disks import BraggPeaks, DiskFinder, disk_geometry, peaks_from_parts
-from .phases import PhaseMap, classify_profiles, profile_range, profile_rows
+from .phases import PhaseMap, classify_profiles, profile_range
 from .virtual import annular_sums, annulus_box
 
 #: working set per detector pixel of one pattern, bytes (chunk + temporaries), per pass
@@ -59,18 +61,23 @@ class _ScanPass(ChunkedStep):
 
 
 class MeanAndTotal(_ScanPass):
-    """Pass 1: ``(summed pattern (ky, kx), total intensity (rows, sx))``, float64 host arrays."""
+    """Pass 1: ``(summed pattern (ky, kx), total intensity (rows, sx))``, float64 host arrays, and
+    per scan row ``io.datacube.value_summary``'s four arrays (NaN/Inf count, first one, largest
+    and smallest finite value): the value check of ``io.check_datacube`` on the same read."""
 
     number = 1
-    kind = ("reduce", "map")
+    kind = ("reduce", "map", "map", "map", "map", "map")
 
     def process(self, rows):
+        from ..io.datacube import value_summary
+
         chunk = self.rows(rows)
         xp = _backend.xp_of(chunk)
-        if not bool(xp.isfinite(chunk).all()):
-            raise CalibrationError(f"the scan contains NaN or Inf in scan rows {rows.start}:{rows.stop}")
+        summary = value_summary(chunk, rows.start)
+        if summary[0].any():
+            chunk = xp.where(xp.isfinite(chunk), chunk, 0)
         return (_backend.to_host(chunk.sum((0, 1), dtype=xp.float64)),
-                _backend.to_host(chunk.sum((2, 3), dtype=xp.float64)))
+                _backend.to_host(chunk.sum((2, 3), dtype=xp.float64)), *summary)
 
 
 class OriginsAndVacuum(_ScanPass):
@@ -82,7 +89,7 @@ class OriginsAndVacuum(_ScanPass):
     def __init__(self, cube, backend, c0, radius, total, k):
         super().__init__(cube, backend)
         self.c0, self.radius, self.total, self.k = np.asarray(_backend.to_host(c0)), float(radius), total, int(k)
-        self.kind = ("map", "map", Lowest(self.k))
+        self.kind = ("map", "map", _LowestPatterns(self.k))
 
     def process(self, rows):
         chunk = self.rows(rows)
@@ -106,6 +113,22 @@ class OriginsAndVacuum(_ScanPass):
                 (flat[pick], rows.start * sx + pick, np.asarray(patterns, np.float32)))
 
 
+class _LowestPatterns(Lowest):
+    """``distributed.Lowest`` that gathers only the ``k`` kept patterns from the partials (each
+    chunk brings up to ``k`` of them) instead of concatenating them all first: same result."""
+
+    def __call__(self, parts: list):
+        score = np.concatenate([p[0] for p in parts])
+        index = np.concatenate([p[1] for p in parts])
+        keep = np.lexsort((index, score))[: self.k]
+        ends = np.cumsum([len(p[0]) for p in parts])
+        part = np.searchsorted(ends, keep, side="right")
+        start = np.concatenate([[0], ends[:-1]])
+        payload = np.stack([parts[j][2][i - start[j]] for j, i in zip(part, keep)]) if len(keep) else \
+            parts[0][2][:0]
+        return score[keep], index[keep], payload
+
+
 class DisksAndMaps(_ScanPass):
     """Pass 3: ``(bf, adf (rows, sx), profiles (rows, sx, nbins), peaks (n, 3), counts (rows*sx,))``."""
 
@@ -124,10 +147,16 @@ class DisksAndMaps(_ScanPass):
         det = self.cube.detector_shape
         field = xp.asarray(self.origin)
         o = field[rows]
-        bf = annular_sums(chunk, o, 0.0, self.bf_radius, annulus_box(field, self.bf_radius, det, xp), xp)
+        # BF, ADF and the radial profiles in one pass over the pixels (the radial_sums kernel); the
+        # ADF's box holds the BF disk too, so the sums equal annular_sums' and profile_rows'
         inner, outer = self.adf_edges
-        adf = annular_sums(chunk, o, inner, outer, annulus_box(field, outer, det, xp), xp)
-        prof = profile_rows(chunk, o, self.ellipse, self.r_min, self.nbins, xp)
+        (ys, xs), _, _ = annulus_box(field, max(outer, self.bf_radius), det, xp)
+        n = chunk.shape[0] * chunk.shape[1]
+        sums, prof = radial_sums(chunk.reshape(n, *det), o.reshape(n, 2), [(0.0, self.bf_radius), (inner, outer)],
+                                 (ys.start, ys.stop, xs.start, xs.stop), ellipse=self.ellipse, r_min=self.r_min,
+                                 nbins=self.nbins)
+        shape = chunk.shape[:2]
+        bf, adf, prof = sums[:, 0].reshape(shape), sums[:, 1].reshape(shape), prof.reshape(*shape, self.nbins)
         peaks, counts = self.finder.find(chunk.reshape(-1, *det), rows)
         return tuple(_backend.to_host(a) for a in (bf, adf, prof, peaks, counts))
 
@@ -166,15 +195,30 @@ def _plan(executor, step, backend, budget):
     return plan
 
 
+def first_pass(cube, *, executor=None, backend: str = "cpu", budget: int | None = None, progress=None):
+    """Pass 1: ``(summed pattern (ky, kx), total intensity (sy, sx))``, after refusing what
+    ``io.check_datacube`` refuses (NaN/Inf, all zero, no positive value; a read failure is a
+    FileFormatError), judged on the same reads: the stem pipeline's check and pass 1 in one."""
+    from ..io.datacube import check_values, read_errors
+
+    executor = executor or InlineExecutor()
+    step1 = MeanAndTotal(cube, backend)
+    with read_errors(cube):
+        summed, total, *summary = collect(executor, step1, plan=_plan(executor, step1, backend, budget),
+                                          progress=progress)
+    check_values(cube, *summary)
+    return summed, total
+
+
 def calibrate_scan(cube, *, probe=None, fraction: float = 0.05, executor=None, backend: str = "cpu",
-                   budget: int | None = None, progress=None) -> ScanCalibration:
+                   budget: int | None = None, progress=None, first=None) -> ScanCalibration:
     """Passes 1 and 2. ``probe``: None (the ``fraction`` of least-scattering positions, as
     ``probe_template("auto")``), or a ready probe template (ky, kx) used as it is (pass 2 still
-    measures the origins)."""
+    measures the origins). ``first``: pass 1's ``(summed, total)`` when ``first_pass`` already ran."""
     executor = executor or InlineExecutor()
     sy, sx = cube.scan_shape
-    step1 = MeanAndTotal(cube, backend)
-    summed, total = collect(executor, step1, plan=_plan(executor, step1, backend, budget), progress=progress)
+    summed, total = first if first is not None else first_pass(cube, executor=executor, backend=backend,
+                                                               budget=budget, progress=progress)
     mean = summed / (sy * sx)
     c0, radius = calibrate.central_disk(mean)
     k = max(1, int(round(fraction * sy * sx)))

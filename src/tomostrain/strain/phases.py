@@ -97,22 +97,16 @@ def radial_profiles(cube, origin, ellipse=None, *, r_min: float, r_max: float, b
 
 def profile_rows(chunk, origin_rows, ellipse, r_min: float, nbins: int, xp=np):
     """``radial_profiles`` of a chunk of scan rows ``(rows, sx, ky, kx)`` with its origins
-    ``(rows, sx, 2)``: (rows, sx, nbins) float64, 1-pixel bins from ``r_min``."""
-    from .calibrate import correct_ellipse
+    ``(rows, sx, 2)``: (rows, sx, nbins) float64, 1-pixel bins from ``r_min`` of the
+    ellipse-corrected radius (one pass of the ``radial_sums`` kernel, float64 radii)."""
+    from ..gpu_core.kernels.virtual_detector import radial_sums
 
     rows, sx, ky, kx = chunk.shape
-    n = rows * sx
-    iy, ix = xp.indices((ky, kx), dtype=xp.float32)
-    oy = origin_rows[:, :, 0].reshape(n, 1, 1).astype(xp.float32)
-    ox = origin_rows[:, :, 1].reshape(n, 1, 1).astype(xp.float32)
-    dy, dx = iy - oy, ix - ox
-    if ellipse is not None:
-        dy, dx = correct_ellipse(dy, dx, *ellipse)
-    b = xp.floor(xp.hypot(dy, dx) - r_min).astype(xp.int64)
-    b = xp.where((b >= 0) & (b < nbins), b, nbins)          # overflow bin, dropped
-    b += (xp.arange(n) * (nbins + 1))[:, None, None]
-    hist = _backend.bincount(b.ravel(), weights=chunk.reshape(-1).astype(xp.float64), minlength=n * (nbins + 1))
-    return hist.reshape(rows, sx, nbins + 1)[..., :nbins]
+    if ellipse is not None and not float(ellipse[0]) > 0:
+        raise InputError(f"ellipse ratio must be positive, got {ellipse[0]}")
+    _, prof = radial_sums(chunk.reshape(rows * sx, ky, kx), origin_rows.reshape(rows * sx, 2), (),
+                          ellipse=ellipse, r_min=r_min, nbins=nbins)
+    return prof.reshape(rows, sx, nbins)
 
 
 def profile_range(detector_shape, radius: float) -> tuple[float, float]:

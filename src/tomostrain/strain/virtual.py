@@ -169,13 +169,15 @@ def annulus_box(field, outer: float, detector_shape, xp=np):
 
 def annular_sums(chunk, field_rows, inner: float, outer: float, box, xp=np):
     """Intensity in ``inner <= r < outer`` px about each position's own origin, for a chunk of scan
-    rows ``(rows, sx, ky, kx)`` with its origins ``(rows, sx, 2)``: (rows, sx) float64."""
-    (ys, xs), iy, ix = box
-    oy = field_rows[:, :, 0, None, None].astype(xp.float32)
-    ox = field_rows[:, :, 1, None, None].astype(xp.float32)
-    r2 = (iy - oy) ** 2 + (ix - ox) ** 2
-    inside = (r2 >= inner * inner) & (r2 < outer * outer)
-    return xp.where(inside, chunk[:, :, ys, xs], 0.0).sum((2, 3), dtype=xp.float64)
+    rows ``(rows, sx, ky, kx)`` with its origins ``(rows, sx, 2)``: (rows, sx) float64. Only the
+    detector ``box`` (``annulus_box``) is read; one pass of the ``radial_sums`` kernel (float64 radii)."""
+    from ..gpu_core.kernels.virtual_detector import radial_sums
+
+    rows, sx, ky, kx = chunk.shape
+    (ys, xs), _, _ = box
+    sums, _ = radial_sums(chunk.reshape(rows * sx, ky, kx), field_rows.reshape(rows * sx, 2), [(inner, outer)],
+                          (ys.start, ys.stop, xs.start, xs.stop))
+    return sums.reshape(rows, sx)
 
 
 def _reduce(cube: DataCube, masks, xp, moments: bool = True):

@@ -39,7 +39,6 @@ import math
 
 import numba
 import numpy as np
-from numba import cuda
 from numba.extending import register_jitable
 
 from ..backend import is_gpu_array, xp_of
@@ -371,84 +370,113 @@ def _fit_disk(f, p, kx, radius, width, prof, dprof, dr, out, par, jac, acc, A, g
     out[1] = par[1]
 
 
-@cuda.jit(device=True)
-def _warp_sum(acc):
-    """Every lane of the warp gets the warp's sum of ``acc`` (bitwise equal on all lanes)."""
-    for i in range(N_ACC):
-        v = acc[i]
-        m = 16
-        while m > 0:
-            v += cuda.shfl_xor_sync(0xFFFFFFFF, v, m)
-            m //= 2
-        acc[i] = v
+def _gpu():
+    """The CUDA kernel and its warp reduction, built once on first use (importing numba.cuda costs
+    ~0.4 s, which a CPU run does not pay)."""
+    if _GPU:
+        return _GPU["ns"]
+    from types import SimpleNamespace
+
+    global cuda  # a module global, as the CUDA simulator expects (it swaps the kernels' globals)
+    from numba import cuda
+
+    @cuda.jit(device=True)
+    def _warp_sum(acc):
+        """Every lane of the warp gets the warp's sum of ``acc`` (bitwise equal on all lanes)."""
+        for i in range(N_ACC):
+            v = acc[i]
+            m = 16
+            while m > 0:
+                v += cuda.shfl_xor_sync(0xFFFFFFFF, v, m)
+                m //= 2
+            acc[i] = v
 
 
-@cuda.jit
-def disk_peaks_gpu(corr, frames, thr, edge, min_spacing, max_peaks, mode, radius, width,
-                   prof, dprof, dr, peaks, counts, n_candidates):
-    """corr, frames (N, ky, kx) float32; thr (N,) float32; peaks (N, >= max_peaks, 3) float32;
-    counts, n_candidates (N,) int32. One block per pattern, blockDim a multiple of 32."""
-    tid = cuda.threadIdx.x
-    lane = tid % 32
-    warp = tid // 32
-    n_warps = cuda.blockDim.x // 32
-    cand_v = cuda.shared.array(MAX_CAND, numba.float32)
-    cand_i = cuda.shared.array(MAX_CAND, numba.int32)
-    sel = cuda.shared.array(MAX_PEAKS, numba.int32)
-    n_cand = cuda.shared.array(1, numba.int32)
-    n_sel = cuda.shared.array(1, numba.int32)
-    out = cuda.local.array(3, numba.float64)
-    par = cuda.local.array(N_STATE, numba.float64)
-    jac = cuda.local.array(N_PAR, numba.float64)
-    acc = cuda.local.array(N_ACC, numba.float64)
-    A = cuda.local.array((N_PAR, N_PAR), numba.float64)
-    g = cuda.local.array(N_PAR, numba.float64)
-    z = cuda.local.array(N_PAR, numba.float64)
-    ky = corr.shape[1]
-    kx = corr.shape[2]
-    for n in range(cuda.blockIdx.x, corr.shape[0], cuda.gridDim.x):
-        if tid == 0:
-            n_cand[0] = 0
-        cuda.syncthreads()
-        c = corr[n]
-        f = frames[n]
-        for y in range(edge, ky - edge):
-            for x in range(edge + tid, kx - edge, cuda.blockDim.x):
-                if _is_candidate(c, y, x, thr[n]):
-                    k = cuda.atomic.add(n_cand, 0, 1)
-                    if k < MAX_CAND:
-                        cand_v[k] = c[y, x]
-                        cand_i[k] = y * kx + x
-        cuda.syncthreads()
-        if tid == 0:
-            m = min(n_cand[0], MAX_CAND)
-            n_sel[0] = _select(cand_v, cand_i, m, kx, min_spacing, max_peaks, sel)
-            counts[n] = n_sel[0]
-            n_candidates[n] = n_cand[0]
-        cuda.syncthreads()
-        # one warp per peak: the lanes share the window's pixels and sum over shuffles, then
-        # every lane takes the same Gauss-Newton step (same sums, same decisions: no divergence)
-        for j in range(warp, n_sel[0], n_warps):
-            p = sel[j]
-            _start(c, p, kx, mode, out)
-            if mode == EDGE:
-                y0 = p // kx
-                x0 = p - y0 * kx
-                _fit_start(par, out[2], out[0], out[1], radius)
-                status = 0
-                for _ in range(GN_ITER):
-                    _pixel_sums(f, y0, x0, radius, width, prof, dprof, dr, par, lane, 32, jac, acc)
-                    _warp_sum(acc)
-                    status = _gn_step(acc, par, radius, out[0], out[1], A, g, z)
-                    if status != 0:
-                        break
-                if status >= 0:
-                    out[0] = par[0]
-                    out[1] = par[1]
-            if lane == 0:
-                for i in range(3):
-                    peaks[n, j, i] = out[i]
-        cuda.syncthreads()
+    @cuda.jit
+    def disk_peaks_gpu(corr, frames, thr, edge, min_spacing, max_peaks, mode, radius, width,
+                       prof, dprof, dr, peaks, counts, n_candidates):
+        """corr, frames (N, ky, kx) float32; thr (N,) float32; peaks (N, >= max_peaks, 3) float32;
+        counts, n_candidates (N,) int32. One block per pattern, blockDim a multiple of 32."""
+        tid = cuda.threadIdx.x
+        lane = tid % 32
+        warp = tid // 32
+        n_warps = cuda.blockDim.x // 32
+        cand_v = cuda.shared.array(MAX_CAND, numba.float32)
+        cand_i = cuda.shared.array(MAX_CAND, numba.int32)
+        sel = cuda.shared.array(MAX_PEAKS, numba.int32)
+        n_cand = cuda.shared.array(1, numba.int32)
+        n_sel = cuda.shared.array(1, numba.int32)
+        out = cuda.local.array(3, numba.float64)
+        par = cuda.local.array(N_STATE, numba.float64)
+        jac = cuda.local.array(N_PAR, numba.float64)
+        acc = cuda.local.array(N_ACC, numba.float64)
+        A = cuda.local.array((N_PAR, N_PAR), numba.float64)
+        g = cuda.local.array(N_PAR, numba.float64)
+        z = cuda.local.array(N_PAR, numba.float64)
+        ky = corr.shape[1]
+        kx = corr.shape[2]
+        for n in range(cuda.blockIdx.x, corr.shape[0], cuda.gridDim.x):
+            if tid == 0:
+                n_cand[0] = 0
+            cuda.syncthreads()
+            c = corr[n]
+            f = frames[n]
+            for y in range(edge, ky - edge):
+                for x in range(edge + tid, kx - edge, cuda.blockDim.x):
+                    if _is_candidate(c, y, x, thr[n]):
+                        k = cuda.atomic.add(n_cand, 0, 1)
+                        if k < MAX_CAND:
+                            cand_v[k] = c[y, x]
+                            cand_i[k] = y * kx + x
+            cuda.syncthreads()
+            if tid == 0:
+                m = min(n_cand[0], MAX_CAND)
+                n_sel[0] = _select(cand_v, cand_i, m, kx, min_spacing, max_peaks, sel)
+                counts[n] = n_sel[0]
+                n_candidates[n] = n_cand[0]
+            cuda.syncthreads()
+            # one warp per peak: the lanes share the window's pixels and sum over shuffles, then
+            # every lane takes the same Gauss-Newton step (same sums, same decisions: no divergence)
+            for j in range(warp, n_sel[0], n_warps):
+                p = sel[j]
+                _start(c, p, kx, mode, out)
+                if mode == EDGE:
+                    y0 = p // kx
+                    x0 = p - y0 * kx
+                    _fit_start(par, out[2], out[0], out[1], radius)
+                    status = 0
+                    for _ in range(GN_ITER):
+                        _pixel_sums(f, y0, x0, radius, width, prof, dprof, dr, par, lane, 32, jac, acc)
+                        _warp_sum(acc)
+                        status = _gn_step(acc, par, radius, out[0], out[1], A, g, z)
+                        if status != 0:
+                            break
+                    if status >= 0:
+                        out[0] = par[0]
+                        out[1] = par[1]
+                if lane == 0:
+                    for i in range(3):
+                        peaks[n, j, i] = out[i]
+            cuda.syncthreads()
+
+    _GPU["ns"] = SimpleNamespace(disk_peaks_gpu=disk_peaks_gpu)
+    return _GPU["ns"]
+
+
+_GPU: dict = {}
+
+
+class _Lazy:
+    """A GPU kernel of ``_gpu()`` by name, built when first touched (launch, ``py_func``)."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __getattr__(self, attr):
+        return getattr(getattr(_gpu(), self.name), attr)
+
+    def __getitem__(self, config):
+        return getattr(_gpu(), self.name)[config]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -484,6 +512,98 @@ def disk_peaks_cpu(corr, frames, thr, edge, min_spacing, max_peaks, mode, radius
                 _fit_disk(frames[n], sel[j], kx, radius, width, prof, dprof, dr, out, par, jac, acc, A, g, z)
             for i in range(3):
                 peaks[n, j, i] = out[i]
+
+
+def _make_pass(is_max):
+    """A pass of the opening down the columns of ``src (R, C)`` into ``dst (R, C)``: ``dst[y, x]``
+    = min (``is_max``: max) of ``src[y - half : y + half + 1, x]`` clipped to the column (scipy's
+    ``mode="nearest"``), by van Herk / Gil-Werman: running extrema forwards and backwards in blocks
+    of the window's height, about three comparisons a pixel whatever the window, each over a whole
+    row at once (contiguous selects ``a if a < b else b``, which vectorise). ``fwd, bwd``: work
+    space of at least ``(R + 2 half, C)``."""
+
+    @register_jitable
+    def one_pass(src, dst, half, fwd, bwd):
+        n, n_cols = src.shape
+        w = 2 * half + 1
+        m = n + 2 * half
+        for s0 in range(0, m, w):
+            e = min(s0 + w, m)
+            r = min(max(s0 - half, 0), n - 1)
+            for x in range(n_cols):
+                fwd[s0, x] = src[r, x]
+            for j in range(s0 + 1, e):
+                r = min(max(j - half, 0), n - 1)
+                for x in range(n_cols):
+                    a = fwd[j - 1, x]
+                    b = src[r, x]
+                    if is_max:
+                        fwd[j, x] = a if a > b else b
+                    else:
+                        fwd[j, x] = a if a < b else b
+            r = min(max(e - 1 - half, 0), n - 1)
+            for x in range(n_cols):
+                bwd[e - 1, x] = src[r, x]
+            for j in range(e - 2, s0 - 1, -1):
+                r = min(max(j - half, 0), n - 1)
+                for x in range(n_cols):
+                    a = bwd[j + 1, x]
+                    b = src[r, x]
+                    if is_max:
+                        bwd[j, x] = a if a > b else b
+                    else:
+                        bwd[j, x] = a if a < b else b
+        for y in range(n):
+            for x in range(n_cols):
+                a = bwd[y, x]
+                b = fwd[y + w - 1, x]
+                if is_max:
+                    dst[y, x] = a if a > b else b
+                else:
+                    dst[y, x] = a if a < b else b
+
+    return one_pass
+
+
+_erode_pass = _make_pass(False)
+_dilate_pass = _make_pass(True)
+
+
+@register_jitable
+def _transpose(src, dst):
+    """``dst = src.T`` in 16 x 16 tiles."""
+    n, n_cols = src.shape
+    for y0 in range(0, n, 16):
+        for x0 in range(0, n_cols, 16):
+            for y in range(y0, min(y0 + 16, n)):
+                for x in range(x0, min(x0 + 16, n_cols)):
+                    dst[x, y] = src[y, x]
+
+
+@numba.njit(parallel=True, cache=True)
+def white_tophat_cpu(corr, half, out):
+    """``out = corr - opening(corr)`` per map, the opening a minimum then a maximum filter over a
+    ``(2 half + 1)^2`` square with ``mode="nearest"``: equal, bit for bit, to scipy.ndimage's
+    (min and max are exact), which the GPU path runs (``cupyx.scipy.ndimage``)."""
+    n_pat, ky, kx = corr.shape
+    size = max(ky, kx)
+    for n in numba.prange(n_pat):
+        fwd = np.empty((size + 2 * half, size), np.float32)
+        bwd = np.empty((size + 2 * half, size), np.float32)
+        a = np.empty((ky, kx), np.float32)
+        b = np.empty((kx, ky), np.float32)   # transposed work images
+        t = np.empty((kx, ky), np.float32)
+        c = corr[n]
+        o = out[n]
+        _erode_pass(c, a, half, fwd, bwd)    # along y
+        _transpose(a, t)
+        _erode_pass(t, b, half, fwd, bwd)    # along x (transposed)
+        _dilate_pass(b, t, half, fwd, bwd)   # along x
+        _transpose(t, a)
+        _dilate_pass(a, o, half, fwd, bwd)   # along y
+        for y in range(ky):
+            for x in range(kx):
+                o[y, x] = c[y, x] - o[y, x]
 
 
 def disk_profile(template, cy, cx, radius, width, dr=0.1):
@@ -545,7 +665,7 @@ def disk_peaks(corr, frames, thr, *, edge, min_spacing, max_peaks, mode, radius=
     args = (corr, frames, thr, int(edge), float(min_spacing), int(max_peaks), int(mode),
             float(radius), float(width), prof, dprof, float(dr), peaks, counts, n_cand)
     if is_gpu:
-        disk_peaks_gpu[min(n, 65535 * 16), THREADS, cupy_stream()](*args)
+        _gpu().disk_peaks_gpu[min(n, 65535 * 16), THREADS, cupy_stream()](*args)
     else:
         disk_peaks_cpu(*args)
     return peaks, counts, n_cand
@@ -586,7 +706,7 @@ def _sim_case(rng):
             peaks = np.zeros((3, 4, 3), np.float32)
             counts = np.zeros(3, np.int32)
             cand = np.zeros(3, np.int32)
-            disk_peaks_gpu[2, 32](corr, frames, thr, *common, mode, 3.0, 0.7, prof, dprof, 0.1, peaks, counts, cand)
+            _gpu().disk_peaks_gpu[2, 32](corr, frames, thr, *common, mode, 3.0, 0.7, prof, dprof, 0.1, peaks, counts, cand)
             got.append(np.concatenate([peaks.ravel(), counts, cand]))
         return np.concatenate(got).astype(np.float64)
 
@@ -595,7 +715,7 @@ def _sim_case(rng):
 
 register(
     "disk_peaks",
-    disk_peaks_gpu,
+    _Lazy("disk_peaks_gpu"),
     ["(float32[:, :, ::1], float32[:, :, ::1], float32[::1], int64, float64, int64, int64, float64,"
      " float64, float64[::1], float64[::1], float64, float32[:, :, ::1], int32[::1], int32[::1])"],
     _sim_case,
