@@ -806,13 +806,24 @@ def eels(input, output, *, edge="Ni-L23", references=None, valence_from="ratio",
     if not job.done("white_lines"):
         with job.step("white_lines"):
             data = be.to_device(si.data, job.backend)
-            maps = white_line_maps(data, si.energy_eV, edge, denoise=denoise)
+            low, low_e = si.low_loss, si.low_loss_energy_eV
+            if low_loss is not None:
+                ll = io.read_spectrum_image(Path(low_loss))
+                low, low_e = ll.data, ll.energy_eV
+            if low is not None and low.shape[:-1] != si.data.shape[:-1]:
+                raise InputError(f"the low-loss scan {low.shape[:-1]} differs from the core-loss scan {si.data.shape[:-1]}")
+            # a separate low loss (dual EELS) references the energies to the zero loss and removes
+            # plural scattering (Fourier-ratio); an SI spanning 0 eV gives only the thickness
+            maps = white_line_maps(data, si.energy_eV, edge, denoise=denoise,
+                                   low_loss=None if low is None else be.to_device(low, job.backend),
+                                   low_loss_energy_eV=low_e)
             out = {"l3_l2": maps.l3_l2.astype(np.float32), "l3_onset_eV": maps.l3_onset_eV.astype(np.float32),
                    "l3_peak_eV": maps.l3_peak_eV.astype(np.float32),
                    "background_r": maps.background_r.astype(np.float32),
                    "@attrs": {"edge": maps.edge.name, "l3_eV": maps.edge.l3_eV,
                               "l2_eV": maps.edge.l2_eV if maps.edge.l2_eV is not None else float("nan"),
-                              "denoise": str(denoise)}}
+                              "denoise": str(denoise),
+                              "energy_reference": "zero_loss" if low is not None else "nominal"}}
             if maps.l2_peak_eV is not None:
                 out["l2_peak_eV"] = maps.l2_peak_eV.astype(np.float32)
             if references is not None:
@@ -820,16 +831,10 @@ def eels(input, output, *, edge="Ni-L23", references=None, valence_from="ratio",
                 out["valence"] = valence_map(values, references).astype(np.float32)
                 out["@attrs"]["references"] = [list(map(float, r)) for r in references]
                 out["@attrs"]["valence_from"] = valence_from
-            low, low_e = si.low_loss, si.low_loss_energy_eV
-            if low_loss is not None:
-                ll = io.read_spectrum_image(Path(low_loss))
-                low, low_e = ll.data, ll.energy_eV
-            if low is None and si.energy_eV[0] <= 0.0 <= si.energy_eV[-1]:
-                low, low_e = si.data, si.energy_eV
-            if low is not None:
-                if low.shape[:-1] != si.data.shape[:-1]:
-                    raise InputError(f"the low-loss scan {low.shape[:-1]} differs from the core-loss scan {si.data.shape[:-1]}")
-                out["thickness"] = log_ratio_thickness(be.to_device(low, job.backend), low_e).astype(np.float32)
+            if maps.thickness is not None:
+                out["thickness"] = np.asarray(maps.thickness, np.float32)
+            elif si.energy_eV[0] <= 0.0 <= si.energy_eV[-1]:
+                out["thickness"] = log_ratio_thickness(data, si.energy_eV).astype(np.float32)
             job.results["eels"] = out
     return job.finish() if own else None
 

@@ -197,8 +197,10 @@ VARIANTS = {
     "high_dose": {"counts": 1e5},
     "thick_plural_lowloss": {"thickness_range": (0.2, 1.2), "plural_scattering": True, "use_low_loss": True},
     "thick_plural_no_lowloss": {"thickness_range": (0.2, 1.2), "plural_scattering": True, "use_low_loss": False},
-    "fine_dispersion": {"dispersion": 0.05, "counts": 2500.0},
-    "coarse_dispersion": {"dispersion": 0.5, "counts": 2500.0},
+    # the dispersion variants keep the dose per eV of 2500 counts per 0.2 eV channel
+    "fine_dispersion": {"dispersion": 0.05, "counts": 625.0},
+    "coarse_dispersion": {"dispersion": 0.5, "counts": 6250.0},
+    "coarse_dispersion_2500_per_ch": {"dispersion": 0.5, "counts": 2500.0},
     "drift_lowloss": {"drift_eV": 3.0, "plural_scattering": True, "use_low_loss": True},
     "drift_no_lowloss": {"drift_eV": 3.0, "use_low_loss": False},
     "core_shell": {"pattern": "core_shell"},
@@ -208,6 +210,6 @@ VARIANTS = {
     "Mn": {"edge": "Mn-L23"},
     "Cu": {"edge": "Cu-L23"},
     "pseudo_voigt": {"lorentz_fraction": 0.5},
-    "worst": {"counts": 2500.0, "dispersion": 0.5, "thickness_range": (0.2, 1.2), "plural_scattering": True,
+    "worst": {"counts": 6250.0, "dispersion": 0.5, "thickness_range": (0.2, 1.2), "plural_scattering": True,
               "drift_eV": 3.0, "pattern": "core_shell", "use_low_loss": True},
 }
