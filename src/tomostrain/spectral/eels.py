@@ -107,7 +107,10 @@ def fit_power_law_background(spectra, energy_eV, window):
     return xp.exp(icept), -slope
 
 
-def pca_denoise(spectra, n_components=None, *, spatial_tv=0.0, rank_factor=1):
+_BIN_EV = 0.5   # white_line_maps finds the PCA subspace on spectra binned to about this width (eV)
+
+
+def pca_denoise(spectra, n_components=None, *, spatial_tv=0.0, rank_factor=1, bin_channels=1):
     """Poisson-weighted PCA denoising of a spectrum image (..., n_E) (Keenan & Kotula 2004).
 
     Counts are scaled by ``sqrt(mean image x mean spectrum)`` so that the noise has unit variance
@@ -121,6 +124,11 @@ def pca_denoise(spectra, n_components=None, *, spatial_tv=0.0, rank_factor=1):
     ``spatial_tv`` > 0 (needs ``spectra`` shaped (scan_y, scan_x, n_E)): each kept component's
     score map, whose noise has unit variance after the scaling, is TV-denoised with that weight
     (``gpu_core.filters.tv_denoise``) before the rebuild: edges between phases stay sharp.
+    ``bin_channels`` > 1: the rank and the spatial subspace come from the spectra summed in bins
+    of that many channels (noise adds incoherently, a smooth signal coherently, so components
+    rise above the Marchenko-Pastur edge of the shorter axis), and the full-resolution spectra
+    are projected on that subspace: fine dispersions (0.05 eV) keep their resolution and get the
+    rank of a 0.2 eV spectrum.
     Returns (denoised, n_kept).
     """
     xp = be.xp_of(spectra)
@@ -133,20 +141,26 @@ def pca_denoise(spectra, n_components=None, *, spatial_tv=0.0, rank_factor=1):
     z = x / scale
     mean = z.mean(0, keepdims=True)
     zc = z - mean
-    small = n < m
-    evals, evecs = xp.linalg.eigh(zc @ zc.T if small else zc.T @ zc)
+    b = max(1, int(bin_channels))
+    zb = zc if b == 1 else zc[:, : (m // b) * b].reshape(n, m // b, b).sum(-1) / np.sqrt(b)
+    mb = zb.shape[1]
+    small = n < mb
+    evals, evecs = xp.linalg.eigh(zb @ zb.T if small else zb.T @ zb)
     order = xp.argsort(evals)[::-1]
     evals, evecs = evals[order], evecs[:, order]
     if n_components is None:
-        edge = 1.1 * (np.sqrt(n) + np.sqrt(m)) ** 2
+        edge = 1.1 * (np.sqrt(n) + np.sqrt(mb)) ** 2
         n_components = max(1, int((evals > edge).sum()))
-        n_components = int(min(n_components * rank_factor, 40, min(n, m) - 1))
+        n_components = int(min(n_components * rank_factor, 40, min(n, mb) - 1))
     v = evecs[:, :n_components]
-    if small:      # position-space eigenvectors -> spectral loadings
+    if small and b == 1:   # position-space eigenvectors -> spectral loadings
         w = zc.T @ v
         w = w / xp.sqrt(xp.clip((w * w).sum(0, keepdims=True), 1e-30, None))
-    else:
+    elif b == 1:
         w = v
+    else:                  # the binned spatial subspace -> orthonormal full-resolution loadings
+        u = v if small else zb @ v
+        w, _ = xp.linalg.qr(zc.T @ u)
     scores = zc @ w                                   # (n, k), unit-variance noise
     if spatial_tv > 0 and len(shape) == 3:
         from ..gpu_core.filters import tv_denoise
@@ -251,6 +265,9 @@ def white_line_maps(spectra, energy_eV, edge="Ni-L23", *, low_loss=None, low_los
         thickness = log_ratio_thickness(low, low_loss_energy_eV)
         zlp = zero_loss_centre(low, low_loss_energy_eV).reshape(-1)
         low = _resample(low.reshape(-1, low.shape[-1]), np.asarray(low_loss_energy_eV, np.float64), de, xp)
+        # the zero-loss peak cut for the Fourier ratio: 1.5 FWHM of the scan's summed zero loss
+        tot = low.sum(0)
+        zlp_hw = max(2, int(round(0.75 * float((tot >= 0.5 * tot.max()).sum()) + 0.5)))
     # coarse pass: the L3 maximum of every (background-subtracted, 1-eV smoothed) raw spectrum
     pre0 = pre_window or (e3 - 50.0, e3 - 8.0)
     a, r = fit_power_law_background(x, e, pre0)
@@ -277,15 +294,15 @@ def white_line_maps(spectra, energy_eV, edge="Ni-L23", *, low_loss=None, low_los
         idx = xp.clip(xp.arange(n_e)[None, :] + shift_ch[:, None], 0, n_e - 1)
         x = xp.take_along_axis(x, idx, -1)
     if denoise == "pca":
-        x = pca_denoise(x.reshape(scan + (-1,)), spatial_tv=spatial_tv,
-                        rank_factor=2 if spatial_tv > 0 else 1)[0].reshape(x.shape)
+        x = pca_denoise(x.reshape(scan + (-1,)), spatial_tv=spatial_tv, rank_factor=2 if spatial_tv > 0 else 1,
+                        bin_channels=max(1, int(round(_BIN_EV / de))))[0].reshape(x.shape)
     dc = centre - (e3 + 1.0)          # where this scan's L3 maximum sits against the table (aligned frame)
     pre = pre_window or (e3 - 50.0 + dc, e3 - 8.0 + dc)
     a, r = fit_power_law_background(x, e, pre)
     sig = x - a[:, None] * e ** (-r[:, None])
     if low is not None and deconvolve:
         start = int(xp.searchsorted(e, pre[0]))
-        part = fourier_ratio_deconvolve(sig[:, start:], low, zlp_half_width_ch=max(2, int(round(1.2 / de))),
+        part = fourier_ratio_deconvolve(sig[:, start:], low, zlp_half_width_ch=zlp_hw,
                                         pad_ch=int(round(30.0 / de)))
         sig = xp.concatenate([sig[:, :start], part], axis=-1)
     smooth = _gauss_smooth(sig, 0.15 / de, xp)
