@@ -54,12 +54,12 @@ def test_cli_eels_writes_maps(tmp_path):
     io.write_spectrum_image(tmp_path / "si.h5", s, e, low_loss=tr["low_loss"], low_loss_energy_eV=tr["low_loss_energy_eV"])
     out = tmp_path / "eels.h5"
     assert cli.main(["eels", str(tmp_path / "si.h5"), "-o", str(out), "--edge", "Ni-L23",
-                     "--references", "3.4=2,2.2=0", "--backend", "cpu"]) == 0
+                     "--references", "3.4=2,2.2=0", "--deconvolve", "--backend", "cpu"]) == 0
     with h5py.File(out) as h5:
         for name in ("l3_l2", "l3_onset_eV", "valence", "thickness"):
             assert h5[f"eels/{name}"].shape == (16, 16)
         val = h5["eels/valence"][()]
-        assert h5["eels"].attrs["energy_reference"] == "zero_loss"
+        assert h5["eels"].attrs["energy_reference"] == "zero_loss" and h5["eels"].attrs["deconvolve"]
     assert np.sqrt(np.mean((val - valence_map(tr["l3_l2"], [(3.4, 2), (2.2, 0)])) ** 2)) < 0.3
     assert cli.main(["eels", str(tmp_path / "si.h5"), "-o", str(out), "--edge", "Zz"]) == 2
 

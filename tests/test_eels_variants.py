@@ -14,7 +14,8 @@ def _errors(name, seed, scan=(16, 16), **over):
     params = {**VARIANTS[name], **over}
     use_low = params.get("use_low_loss", False)
     s, e, tr = eels_variant(params, scan, seed=seed)
-    kw = dict(low_loss=tr["low_loss"], low_loss_energy_eV=tr["low_loss_energy_eV"]) if use_low else {}
+    kw = dict(low_loss=tr["low_loss"], low_loss_energy_eV=tr["low_loss_energy_eV"],
+              deconvolve=params.get("deconvolve", False)) if use_low else {}
     m = white_line_maps(s, e, params.get("edge", "Ni-L23"), **kw)
     onset = m.l3_onset_eV - tr["l3_onset_eV"] - (0.0 if use_low else tr["drift_eV"])  # nominal axis without a zero loss
     return np.sqrt(np.mean((m.l3_l2 - tr["l3_l2"]) ** 2)), np.sqrt(np.mean(onset ** 2))

@@ -225,7 +225,7 @@ def fourier_ratio_deconvolve(edge_signal, low_loss, *, zlp_half_width_ch, pad_ch
 
 
 def white_line_maps(spectra, energy_eV, edge="Ni-L23", *, low_loss=None, low_loss_energy_eV=None,
-                    deconvolve=True, align="auto", pre_window=None, half_window_eV=None, post_window=None,
+                    deconvolve=False, align="auto", pre_window=None, half_window_eV=None, post_window=None,
                     denoise="pca", spatial_tv=1.0) -> EelsMaps:
     """L3/L2 ratio, L3 onset and peaks of every position of ``spectra`` (scan_y, scan_x, n_E).
 
@@ -233,7 +233,9 @@ def white_line_maps(spectra, energy_eV, edge="Ni-L23", *, low_loss=None, low_los
     With it the energies are referenced to each position's zero-loss peak (drift corrected,
     onsets and peaks in true energy loss), ``thickness`` is filled (log-ratio), and with
     ``deconvolve`` the edge is Fourier-ratio deconvolved (plural scattering removed) before
-    the white lines are measured. Without it, energies are nominal (the file's axis).
+    the white lines are measured (ask for it: on a core loss without plural scattering it
+    would carve the plasmon replica out of a spectrum that has none). Without a low loss,
+    energies are nominal (the file's axis).
     align : shift each spectrum by whole channels so the L3 maxima line up before denoising
     (the energies are bookkept, so onsets keep their shifts); PCA then sees a low-rank set.
     pre_window : background window (eV), default (P3 - 51, P3 - 9) about the scan's median L3

@@ -176,13 +176,15 @@ def eels_spectrum_image(scan_shape=(24, 24), *, edge_eV=855.0, spin_orbit_eV=17.
 def eels_variant(name_or_params, scan_shape=(16, 16), seed=0):
     """A generated spectrum image from a named variant (``VARIANTS``) or a parameter dict.
 
-    Keys besides ``eels_spectrum_image``'s: ``edge`` (an ``EDGE_PARAMS`` name; sets edge_eV,
+    Keys besides ``eels_spectrum_image``'s (``use_low_loss`` and ``deconvolve``, how the variant is
+    measured, are ignored here): ``edge`` (an ``EDGE_PARAMS`` name; sets edge_eV,
     spin_orbit_eV and a window of edge - 75 .. L2 + 48 eV at ``dispersion``), ``dispersion``.
     """
     p = dict(VARIANTS[name_or_params]) if isinstance(name_or_params, str) else dict(name_or_params)
     edge = p.pop("edge", "Ni-L23")
     disp = p.pop("dispersion", 0.2)
     p.pop("use_low_loss", None)
+    p.pop("deconvolve", None)
     e0, so = EDGE_PARAMS[edge]
     p.setdefault("edge_eV", e0)
     p.setdefault("spin_orbit_eV", so)
@@ -195,13 +197,14 @@ VARIANTS = {
     "default": {},
     "low_dose": {"counts": 2500.0},
     "high_dose": {"counts": 1e5},
-    "thick_plural_lowloss": {"thickness_range": (0.2, 1.2), "plural_scattering": True, "use_low_loss": True},
+    "thick_plural_lowloss": {"thickness_range": (0.2, 1.2), "plural_scattering": True, "use_low_loss": True,
+                             "deconvolve": True},
     "thick_plural_no_lowloss": {"thickness_range": (0.2, 1.2), "plural_scattering": True, "use_low_loss": False},
     # the dispersion variants keep the dose per eV of 2500 counts per 0.2 eV channel
     "fine_dispersion": {"dispersion": 0.05, "counts": 625.0},
     "coarse_dispersion": {"dispersion": 0.5, "counts": 6250.0},
     "coarse_dispersion_2500_per_ch": {"dispersion": 0.5, "counts": 2500.0},
-    "drift_lowloss": {"drift_eV": 3.0, "plural_scattering": True, "use_low_loss": True},
+    "drift_lowloss": {"drift_eV": 3.0, "plural_scattering": True, "use_low_loss": True, "deconvolve": True},
     "drift_no_lowloss": {"drift_eV": 3.0, "use_low_loss": False},
     "core_shell": {"pattern": "core_shell"},
     "islands": {"pattern": "islands", "counts": 2500.0},
@@ -211,5 +214,5 @@ VARIANTS = {
     "Cu": {"edge": "Cu-L23"},
     "pseudo_voigt": {"lorentz_fraction": 0.5},
     "worst": {"counts": 6250.0, "dispersion": 0.5, "thickness_range": (0.2, 1.2), "plural_scattering": True,
-              "drift_eV": 3.0, "pattern": "core_shell", "use_low_loss": True},
+              "drift_eV": 3.0, "pattern": "core_shell", "use_low_loss": True, "deconvolve": True},
 }
