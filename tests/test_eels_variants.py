@@ -93,3 +93,14 @@ def test_fourier_ratio_recovers_a_single_scattering_edge():
     keep = (x > 5) & (x < 110)
     assert np.abs(out - expect)[keep].max() < 0.01 * s.max()
     assert np.abs(j - expect)[keep].max() > 0.1 * s.max()      # plural scattering was there
+
+
+def test_batched_score_tv_equals_the_filter():
+    """The stacked TV of the PCA score maps is gpu_core.filters.tv_denoise image by image."""
+    from tomostrain.gpu_core.filters import tv_denoise
+    from tomostrain.spectral.eels import _tv2d_stack
+
+    f = np.random.default_rng(0).standard_normal((3, 16, 20)) + 0.3 * np.arange(20)
+    ours = _tv2d_stack(f, 1.0, np, eps=0.0, max_iter=300)
+    ref = np.stack([np.asarray(tv_denoise(x, 1.0, eps=0.0, max_iter=300), float) for x in f])
+    assert np.abs(ours - ref).max() < 1e-4 and np.abs(ours - f).max() > 0.1
