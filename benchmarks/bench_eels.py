@@ -17,7 +17,7 @@ import numpy as np
 
 from benchmarks._common import command_line, machine, timeit, version_of, write_json
 from tomostrain.spectral import white_line_maps
-from tomostrain.synthetic.eels import EDGE_PARAMS, VARIANTS, eels_variant
+from tomostrain.synthetic.eels import EDGE_PARAMS, VARIANTS, eels_variant, random_variant
 
 
 def exspy_fit(spectra, energy, hs, edge_eV=855.0, spin_orbit_eV=17.3):
@@ -82,6 +82,21 @@ def variant_rows(scan, seeds):
     return rows
 
 
+def random_rows(n, rng_seed, dose, log_dose):
+    """``n`` random single-scattering variants (``random_variant``): RMSEs and pass per draw."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for _ in range(n):
+        params, scan, seed = random_variant(rng, dose, log_dose)
+        s, e, tr = eels_variant(params, scan, seed=seed)
+        m = white_line_maps(s, e, params["edge"])
+        rr = _rmse(m.l3_l2, tr["l3_l2"])
+        ro = _rmse(m.l3_onset_eV, tr["l3_onset_eV"] + tr["drift_eV"])
+        rows.append({"params": params, "scan": list(scan), "seed": seed, "l3_l2_rmse": rr, "onset_rmse_eV": ro,
+                     "passes": bool(rr <= 0.08 and ro <= 0.15)})
+    return rows
+
+
 def run(out_dir, quick: bool = False, backend: str = "cpu") -> Path:
     scan = (8, 8) if quick else (32, 32)
     peer_scan = (3, 3) if quick else (5, 5)
@@ -123,8 +138,11 @@ def run(out_dir, quick: bool = False, backend: str = "cpu") -> Path:
     except ImportError:
         peers = None
     variants = variant_rows((8, 8) if quick else (16, 16), (1,) if quick else (1, 2, 3))
+    draws = {"log_uniform_2500_1e5": random_rows(4 if quick else 16, 5, (2500.0, 1e5), True),
+             "uniform_2500_6000": random_rows(4 if quick else 16, 7, (2500.0, 6000.0), False)}
     payload = {"suite": "eels", "machine": machine(backend), "exspy": version_of("exspy"),
                "hyperspy": version_of("hyperspy"), "rows": [row], "exspy_model_fit": peers, "variants": variants,
+               "random_draws": draws,
                "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
                "note": "timings on a 2-core machine shared with other jobs; ratios measured in one run. Run with "
                        "OPENBLAS_NUM_THREADS=1: under that load a threaded 351 x 351 eigh took 7.3 s, 0.035 s on one thread"}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tomostrain.spectral import fourier_ratio_deconvolve, white_line_maps, zero_loss_centre
-from tomostrain.synthetic.eels import VARIANTS, eels_variant
+from tomostrain.synthetic.eels import VARIANTS, eels_variant, random_variant
 
 
 def _errors(name, seed, scan=(16, 16), **over):
@@ -104,3 +104,16 @@ def test_batched_score_tv_equals_the_filter():
     ours = _tv2d_stack(f, 1.0, np, eps=0.0, max_iter=300)
     ref = np.stack([np.asarray(tv_denoise(x, 1.0, eps=0.0, max_iter=300), float) for x in f])
     assert np.abs(ours - ref).max() < 1e-4 and np.abs(ours - f).max() > 0.1
+
+
+@pytest.mark.parametrize("draw", range(4))
+def test_random_single_scattering_draws(draw):
+    """Random edges, dispersions, doses (2500-1e5 per 0.2 eV), ranges, maps, drift and line
+    shapes (``random_variant``, generator seed 5; nothing tuned on them)."""
+    rng = np.random.default_rng(5)
+    for _ in range(draw + 1):
+        params, scan, seed = random_variant(rng)
+    s, e, tr = eels_variant(params, scan, seed=seed)
+    m = white_line_maps(s, e, params["edge"])
+    assert np.sqrt(np.mean((m.l3_l2 - tr["l3_l2"]) ** 2)) <= 0.08
+    assert np.sqrt(np.mean((m.l3_onset_eV - tr["l3_onset_eV"] - tr["drift_eV"]) ** 2)) <= 0.15

@@ -419,7 +419,7 @@ def _tv2d_stack(f, weight, xp, eps=2e-4, max_iter=200):
         g[0][:, :-1, :] = xp.diff(out, axis=1)
         g[1][:, :, :-1] = xp.diff(out, axis=2)
         norm = xp.sqrt((g * g).sum(0))
-        energy = float(((d * d).sum() + weight * norm.sum()) / f.size)
+        energy = float(((d * d).sum() + (weight * norm).sum()) / f.size)
         p -= tau * g
         p /= 1.0 + norm * (tau / weight)
         if i == 0:

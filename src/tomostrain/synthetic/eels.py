@@ -216,3 +216,26 @@ VARIANTS = {
     "worst": {"counts": 6250.0, "dispersion": 0.5, "thickness_range": (0.2, 1.2), "plural_scattering": True,
               "drift_eV": 3.0, "pattern": "core_shell", "use_low_loss": True, "deconvolve": True},
 }
+
+
+def random_variant(rng, dose=(2500.0, 1e5), log_dose=True):
+    """Parameters of a random single-scattering variant (for sweeps over data no one tuned for):
+    edge, dispersion 0.05-0.5 eV/ch (counts scaled to keep the dose per eV), dose (counts per
+    0.2 eV before the edge), ratio, shift, width and thickness ranges, map pattern, drift, line
+    shape and edge jump. Returns (params for ``eels_variant``, scan_shape, seed)."""
+    edge = str(rng.choice(list(EDGE_PARAMS)))
+    disp = float(rng.choice([0.05, 0.1, 0.2, 0.3, 0.5]))
+    c02 = float(np.exp(rng.uniform(np.log(dose[0]), np.log(dose[1])))) if log_dose else float(rng.uniform(*dose))
+    lo = rng.uniform(1.6, 3.0)
+    hi = lo + rng.uniform(0.5, 1.5)
+    s0 = rng.uniform(-2, 0)
+    w0 = rng.uniform(0.6, 1.0)
+    t0 = rng.uniform(0.2, 0.6)
+    t1 = rng.uniform(t0 + 0.2, 1.2)
+    params = dict(edge=edge, dispersion=disp, counts=c02 * disp / 0.2, ratio_range=(lo, hi),
+                  shift_range_eV=(s0, s0 + rng.uniform(0.5, 2.0)), width_eV=(w0, w0 + rng.uniform(0.1, 0.5)),
+                  thickness_range=(t0, t1), pattern=str(rng.choice(["random", "core_shell", "islands"])),
+                  drift_eV=float(rng.choice([0.0, 0.0, 2.0])), lorentz_fraction=float(rng.choice([0.0, 0.0, 0.3])),
+                  edge_jump=rng.uniform(0.25, 0.5))
+    scan = (int(rng.choice([12, 16, 24])),) * 2
+    return params, scan, int(rng.integers(1000))
