@@ -50,15 +50,16 @@ def test_other_edge_by_table_and_thickness():
 def test_cli_eels_writes_maps(tmp_path):
     from tomostrain import cli, io
 
-    s, e, tr = eels_spectrum_image((16, 16), seed=9)
+    s, e, tr = eels_spectrum_image((16, 16), seed=9, plural_scattering=True)
     io.write_spectrum_image(tmp_path / "si.h5", s, e, low_loss=tr["low_loss"], low_loss_energy_eV=tr["low_loss_energy_eV"])
     out = tmp_path / "eels.h5"
     assert cli.main(["eels", str(tmp_path / "si.h5"), "-o", str(out), "--edge", "Ni-L23",
-                     "--references", "3.4=2,2.2=0", "--backend", "cpu"]) == 0
+                     "--references", "3.4=2,2.2=0", "--deconvolve", "--backend", "cpu"]) == 0
     with h5py.File(out) as h5:
         for name in ("l3_l2", "l3_onset_eV", "valence", "thickness"):
             assert h5[f"eels/{name}"].shape == (16, 16)
         val = h5["eels/valence"][()]
+        assert h5["eels"].attrs["energy_reference"] == "zero_loss" and h5["eels"].attrs["deconvolve"]
     assert np.sqrt(np.mean((val - valence_map(tr["l3_l2"], [(3.4, 2), (2.2, 0)])) ** 2)) < 0.3
     assert cli.main(["eels", str(tmp_path / "si.h5"), "-o", str(out), "--edge", "Zz"]) == 2
 

@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the references give L3/L2 ratios (default) or L3 onsets (eV)")
     e.add_argument("--low-loss", type=Path, default=None, help="low-loss spectrum image for t/lambda (log-ratio)")
     e.add_argument("--no-denoise", action="store_true", help="skip the PCA denoising of the spectra")
+    e.add_argument("--deconvolve", action="store_true",
+                   help="remove plural scattering by Fourier-ratio deconvolution with the low loss (thick areas)")
     e.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
 
     r = sub.add_parser("run", help="run a TOML job file (the batch form of tomo and stem)")
@@ -282,7 +284,8 @@ def _dispatch(args, command: str) -> int:
     if args.command == "eels":
         pipeline.eels(args.input, args.output, edge=args.edge, references=args.references,
                       valence_from=args.valence_from, low_loss=args.low_loss,
-                      denoise=None if args.no_denoise else "pca", backend=args.backend, command=command)
+                      denoise=None if args.no_denoise else "pca", deconvolve=args.deconvolve, backend=args.backend,
+                      command=command)
         return 0
     if args.command == "run":
         pipeline.run_job(args.job, command=command, cluster=args.cluster)

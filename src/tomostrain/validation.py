@@ -175,6 +175,7 @@ class EelsOptions(Section):
     valence_from: Literal["ratio", "onset"] = Field("ratio", **_cli("--valence-from"))
     low_loss: Optional[str] = Field(None, min_length=1, **_cli("--low-loss", path=True))
     denoise: Optional[Literal["pca"]] = "pca"
+    deconvolve: bool = Field(False, **_cli("--deconvolve"))
 
 
 class ClusterSettings(Section):

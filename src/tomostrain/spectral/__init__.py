@@ -1,7 +1,9 @@
 """Chemical state: XANES fraction fits per voxel, EELS white-line ratios, onsets, valence and thickness maps."""
-from .eels import EDGES, Edge, EelsMaps, fit_power_law_background, log_ratio_thickness, pca_denoise, resolve_edge, valence_map, white_line_maps
+from .eels import (EDGES, Edge, EelsMaps, fit_power_law_background, fourier_ratio_deconvolve, log_ratio_thickness,
+                   pca_denoise, resolve_edge, valence_map, white_line_maps, zero_loss_centre)
 from .xanes import XanesFit, edge_energy, fit_spectra, interpolate_references, nnls, xanes_map_2d, xanes_tomography
 
 __all__ = ["XanesFit", "edge_energy", "fit_spectra", "interpolate_references", "nnls", "xanes_map_2d",
            "xanes_tomography", "EDGES", "Edge", "EelsMaps", "fit_power_law_background", "log_ratio_thickness",
-           "pca_denoise", "resolve_edge", "valence_map", "white_line_maps"]
+           "pca_denoise", "resolve_edge", "valence_map", "white_line_maps", "fourier_ratio_deconvolve",
+           "zero_loss_centre"]
