@@ -34,6 +34,22 @@ class Kernel:
 _REGISTRY: dict[str, Kernel] = {}
 
 
+
+class LazyKernel:
+    """The GPU kernel ``name`` of the namespace ``build()`` returns, built when first touched
+    (a launch ``k[grid, block]``, ``k.py_func``), so CPU runs never import numba.cuda."""
+
+    def __init__(self, build: Callable, name: str):
+        self.build = build
+        self.name = name
+
+    def __getattr__(self, attr):
+        return getattr(getattr(self.build(), self.name), attr)
+
+    def __getitem__(self, config):
+        return getattr(self.build(), self.name)[config]
+
+
 def register(name: str, gpu, signatures, sim_case) -> None:
     """Declare a GPU kernel for the PTX and simulator checks."""
     _REGISTRY[name] = Kernel(name, gpu, tuple(signatures), sim_case)

@@ -42,7 +42,7 @@ import numpy as np
 from numba.extending import register_jitable
 
 from ..backend import is_gpu_array, xp_of
-from . import cupy_stream, register
+from . import LazyKernel, cupy_stream, register
 
 THREADS = 128        # 4 warps a pattern: a warp per peak in the edge fit
 MAX_CAND = 1024      # candidates kept per pattern (step 1)
@@ -466,19 +466,6 @@ def _gpu():
 _GPU: dict = {}
 
 
-class _Lazy:
-    """A GPU kernel of ``_gpu()`` by name, built when first touched (launch, ``py_func``)."""
-
-    def __init__(self, name):
-        self.name = name
-
-    def __getattr__(self, attr):
-        return getattr(getattr(_gpu(), self.name), attr)
-
-    def __getitem__(self, config):
-        return getattr(_gpu(), self.name)[config]
-
-
 @numba.njit(parallel=True, cache=True)
 def disk_peaks_cpu(corr, frames, thr, edge, min_spacing, max_peaks, mode, radius, width,
                    prof, dprof, dr, peaks, counts, n_candidates):
@@ -715,7 +702,7 @@ def _sim_case(rng):
 
 register(
     "disk_peaks",
-    _Lazy("disk_peaks_gpu"),
+    LazyKernel(_gpu, "disk_peaks_gpu"),
     ["(float32[:, :, ::1], float32[:, :, ::1], float32[::1], int64, float64, int64, int64, float64,"
      " float64, float64[::1], float64[::1], float64, float32[:, :, ::1], int32[::1], int32[::1])"],
     _sim_case,

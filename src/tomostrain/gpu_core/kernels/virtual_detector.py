@@ -24,7 +24,7 @@ import numpy as np
 from numba.extending import register_jitable
 
 from ..backend import is_gpu_array, xp_of
-from . import cupy_stream, register
+from . import LazyKernel, cupy_stream, register
 
 THREADS = 128
 MAX_MASKS = 13          # per launch; more masks run in groups
@@ -112,19 +112,6 @@ def _gpu():
 
 
 _GPU: dict = {}
-
-
-class _Lazy:
-    """A GPU kernel of ``_gpu()`` by name, built when first touched (launch, ``py_func``)."""
-
-    def __init__(self, name):
-        self.name = name
-
-    def __getattr__(self, attr):
-        return getattr(getattr(_gpu(), self.name), attr)
-
-    def __getitem__(self, config):
-        return getattr(_gpu(), self.name)[config]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -313,7 +300,7 @@ def _radial_sim_case(rng):
 
 register(
     "radial_sums",
-    _Lazy("radial_sums_gpu"),
+    LazyKernel(_gpu, "radial_sums_gpu"),
     ["(float32[:, :, ::1], float64[:, ::1], int64[::1], float64[:, ::1], float64[::1], float64,"
      " float64[:, ::1], float64[:, ::1])"],
     _radial_sim_case,
@@ -321,7 +308,7 @@ register(
 
 register(
     "virtual_detector",
-    _Lazy("virtual_detector_gpu"),
+    LazyKernel(_gpu, "virtual_detector_gpu"),
     ["(float32[:, ::1], float32[:, ::1], int64, float64[:, ::1])"],
     _sim_case,
 )
