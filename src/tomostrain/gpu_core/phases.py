@@ -57,6 +57,8 @@ BLOB_SIGMAS = (1.0, 1.5)  # LoG scales of the Ni detector, voxels (radii ~1-4 vo
 BLOB_THRESHOLD = 0.7     # Ni marker: LoG response above this fraction of the densest body level
 MIDPOINTS = True
 HALO = True
+HALO_SIGMA = 1.0
+HALO_NC = True
 HALO_CUT = 0.5           # Ni halo: vacuum below t_env + HALO_CUT (lightest level - t_env)
 MARKER_JOIN = 5.0       # Ni markers closer than this (voxels) belong to one particle
 MAX_RADIUS = 4.5        # largest Ni radius the detector expects, voxels
@@ -294,6 +296,10 @@ def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | N
             nip = plabels > 0
             envelope = _fill_and_clean(envelope | nip, nip, ndi, xp)
 
+    into_core = None
+    if particles and n_part and n_body > 1 and CORE_TRIM:
+        plabels, n_part, into_core = _trim_into_core(cls_s, plabels, n_part, envelope, body_thr, body_levels, ndi, xp)
+        nip = plabels > 0
     labels = xp.zeros(arr.shape, xp.uint8)
     if particles and n_part and HALO:  # a Ni particle's blur into the vacuum around it is not body
         ring = ndi.binary_dilation(nip, iterations=2) & ~nip
@@ -301,7 +307,14 @@ def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | N
         # vacuum falls below it, while the shell under and beside a particle (at its level plus
         # noise) stays body; cutting at the lightest level itself took about half of those shell
         # voxels, and the pits left around every particle made the depth below the surface short
-        envelope &= ~(ring & (cls_s < HALO_CUT * body_levels[0] + (1 - HALO_CUT) * t_env))
+        if HALO_NC:
+            w = (~(ring | nip)).astype(arr.dtype)
+            num = ndi.gaussian_filter(arr * w, HALO_SIGMA)
+            den = ndi.gaussian_filter(w, HALO_SIGMA)
+            halo_v = xp.where(den > 1e-3, num / xp.maximum(den, 1e-3), mu0)
+        else:
+            halo_v = ndi.gaussian_filter(arr, HALO_SIGMA) if HALO_SIGMA else cls_s
+        envelope &= ~(ring & (halo_v < HALO_CUT * body_levels[0] + (1 - HALO_CUT) * t_env))
         envelope |= nip
     body = envelope & ~nip
     cls = xp.searchsorted(xp.asarray(body_thr, dtype=xp.float32), cls_s).astype(xp.uint8) + 1
@@ -311,6 +324,8 @@ def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | N
     if particles:
         if n_body > 1:  # the blurred halo of a Ni particle is not core
             halo = ndi.binary_dilation(nip, iterations=1) & (labels == n_body)
+            if into_core is not None:
+                halo &= ~into_core
             labels[halo] = n_body - 1
         labels[nip] = classes - 1
         if levels is None:
@@ -322,6 +337,43 @@ def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | N
     thresholds = np.concatenate([[t_env], np.asarray(body_thr, np.float64)])
     return PhaseSegmentation(labels=labels, levels=np.asarray(levels, np.float64), thresholds=thresholds,
                              envelope=envelope, particles=plabels, n_particles=int(n_part))
+
+
+CORE_TRIM = True
+
+
+def _trim_into_core(cls_s, plabels, n_part, envelope, body_thr, body_levels, ndi, xp):
+    """Take back from the Ni particles the voxels that belong to the densest body class beside them.
+
+    A particle's basin is cut at half its peak contrast over a local background (a 9-voxel
+    opening), which on a thin plate is the vacuum: the core's voxels beside a particle (at the
+    core level, 0.9 x the midpoint between core and Ni) pass that cut, and the body gets a pit
+    where a Ni particle seems to eat into the core (the truth's Ni never does: it rests on, or
+    sinks into, the shell). A particle voxel below the midpoint between the densest body level and
+    its particle's peak, connected through such voxels to a densest-class body voxel, is body.
+    Returns ``(plabels, n, moved)`` (particles left empty dropped and renumbered; ``moved`` the
+    voxels given back)."""
+    nip = plabels > 0
+    peak = xp.zeros(n_part + 1, xp.float32)
+    peak[1:] = xp.asarray(ndi.maximum(cls_s, plabels, xp.arange(1, n_part + 1)), dtype=xp.float32)
+    top = float(body_levels[-1])
+    weak = nip & (cls_s < 0.5 * (top + peak[plabels]))
+    dense = envelope & ~nip & (cls_s > float(body_thr[-1]))
+    comps, n = ndi.label(dense)
+    big = xp.bincount(comps.ravel()) > 4.0 / 3.0 * np.pi * (MAX_RADIUS + 1) ** 3  # the core, not a Ni halo
+    big[0] = False
+    dense = big[comps]
+    seeds = weak & ndi.binary_dilation(dense)
+    if not bool(seeds.any()):
+        return plabels, n_part, None
+    moved = ndi.binary_dilation(seeds, iterations=int(2 * MAX_RADIUS), mask=weak) | seeds
+    plabels = xp.where(moved, 0, plabels)
+    sizes = xp.bincount(plabels.ravel(), minlength=n_part + 1)
+    good = to_host(sizes >= 3)
+    good[0] = False
+    remap = np.zeros(n_part + 1, np.int32)
+    remap[good] = np.arange(1, int(good.sum()) + 1)
+    return xp.asarray(remap)[plabels], int(good.sum()), moved
 
 
 NI_BLOB = 0.5       # a densest body class with this share of its voxels in small blobs at the surface is Ni
