@@ -59,7 +59,8 @@ MIDPOINTS = True
 HALO = True
 HALO_SIGMA = 1.0
 HALO_NC = True
-HALO_CUT = 0.5           # Ni halo: vacuum below t_env + HALO_CUT (lightest level - t_env)
+HALO_AVG = True
+HALO_CUT = 0.25          # Ni halo: vacuum below t_env + HALO_CUT (lightest level - t_env)
 MARKER_JOIN = 5.0       # Ni markers closer than this (voxels) belong to one particle
 MAX_RADIUS = 4.5        # largest Ni radius the detector expects, voxels
 FRAGMENT = 20           # class fragments smaller than this (voxels) are noise
@@ -296,6 +297,8 @@ def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | N
             nip = plabels > 0
             envelope = _fill_and_clean(envelope | nip, nip, ndi, xp)
 
+    if REFINE is not None:
+        envelope = _refine_surface(arr, envelope, nip, t_env, ndi, xp)
     into_core = None
     if particles and n_part and n_body > 1 and CORE_TRIM:
         plabels, n_part, into_core = _trim_into_core(cls_s, plabels, n_part, envelope, body_thr, body_levels, ndi, xp)
@@ -312,6 +315,8 @@ def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | N
             num = ndi.gaussian_filter(arr * w, HALO_SIGMA)
             den = ndi.gaussian_filter(w, HALO_SIGMA)
             halo_v = xp.where(den > 1e-3, num / xp.maximum(den, 1e-3), mu0)
+            if HALO_AVG:
+                halo_v = 0.5 * (halo_v + arr)
         else:
             halo_v = ndi.gaussian_filter(arr, HALO_SIGMA) if HALO_SIGMA else cls_s
         envelope &= ~(ring & (halo_v < HALO_CUT * body_levels[0] + (1 - HALO_CUT) * t_env))
@@ -340,6 +345,22 @@ def segment_phases(volume, classes: int = 4, *, levels=None, particles: bool | N
 
 
 CORE_TRIM = True
+REFINE = 0.7
+REFINE_MODE = "both"
+
+
+def _refine_surface(arr, envelope, nip, t_env, ndi, xp):
+    six = ndi.generate_binary_structure(arr.ndim, 1)
+    v = ndi.gaussian_filter(arr, REFINE) if REFINE else arr
+    away = ~ndi.binary_dilation(nip, iterations=2)
+    inner_edge = envelope & ~ndi.binary_erosion(envelope, structure=six) & away
+    outer_edge = ndi.binary_dilation(envelope, structure=six) & ~envelope & away
+    out = envelope.copy()
+    if REFINE_MODE in ("both", "remove"):
+        out &= ~(inner_edge & (v < t_env))
+    if REFINE_MODE in ("both", "add"):
+        out |= outer_edge & (v > t_env)
+    return ndi.binary_fill_holes(out)
 
 
 def _trim_into_core(cls_s, plabels, n_part, envelope, body_thr, body_levels, ndi, xp):
