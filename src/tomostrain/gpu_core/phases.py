@@ -374,7 +374,8 @@ def _trim_into_core(cls_s, plabels, n_part, envelope, body_thr, body_levels, ndi
     core level, above half the peak) pass that cut, and the body gets a pit
     where a Ni particle seems to eat into the core (the truth's Ni never does: it rests on, or
     sinks into, the shell). A particle voxel below the midpoint between the densest body level and
-    its particle's peak, connected through such voxels to a densest-class body voxel, is body.
+    its particle's peak, connected through such voxels to within 2 voxels of the core (the
+    densest class outside the particles' 1-voxel halo, in pieces larger than a Ni ball), is body.
     Returns ``(plabels, n, moved)`` (particles left empty dropped and renumbered; ``moved`` the
     voxels given back)."""
     nip = plabels > 0
@@ -383,11 +384,12 @@ def _trim_into_core(cls_s, plabels, n_part, envelope, body_thr, body_levels, ndi
     top = float(body_levels[-1])
     weak = nip & (cls_s < 0.5 * (top + peak[plabels]))
     dense = envelope & ~nip & (cls_s > float(body_thr[-1]))
+    dense &= ~ndi.binary_dilation(nip)  # the particles' own blurred halo is not the core
     comps, n = ndi.label(dense)
     big = xp.bincount(comps.ravel()) > 4.0 / 3.0 * np.pi * (MAX_RADIUS + 1) ** 3  # the core, not a Ni halo
     big[0] = False
     dense = big[comps]
-    seeds = weak & ndi.binary_dilation(dense)
+    seeds = weak & ndi.binary_dilation(dense, iterations=2)
     if not bool(seeds.any()):
         return plabels, n_part, None
     moved = ndi.binary_dilation(seeds, iterations=int(2 * MAX_RADIUS), mask=weak) | seeds
