@@ -96,14 +96,21 @@ def test_fourier_ratio_recovers_a_single_scattering_edge():
 
 
 def test_batched_score_tv_equals_the_filter():
-    """The stacked TV of the PCA score maps is gpu_core.filters.tv_denoise image by image."""
+    """``tv_denoise(stack=True)`` (the PCA score maps' TV in ``pca_denoise``) is
+    ``tv_denoise`` image by image, with one weight per image, in float64 (fixed iteration count)."""
+    from tomostrain.errors import InputError
     from tomostrain.gpu_core.filters import tv_denoise
-    from tomostrain.spectral.eels import _tv2d_stack
 
     f = np.random.default_rng(0).standard_normal((3, 16, 20)) + 0.3 * np.arange(20)
-    ours = _tv2d_stack(f, 1.0, np, eps=0.0, max_iter=300)
-    ref = np.stack([np.asarray(tv_denoise(x, 1.0, eps=0.0, max_iter=300), float) for x in f])
-    assert np.abs(ours - ref).max() < 1e-4 and np.abs(ours - f).max() > 0.1
+    w = np.array([0.5, 1.0, 2.0])
+    ours = tv_denoise(f, w, stack=True, dtype=np.float64, eps=0.0, max_iter=300)
+    ref = np.stack([tv_denoise(x, wi, dtype=np.float64, eps=0.0, max_iter=300) for x, wi in zip(f, w)])
+    assert ours.dtype == np.float64 and np.abs(ours - ref).max() < 1e-12
+    assert np.abs(ours - f).max() > 0.1 and np.abs(ours[0] - ours[2]).max() > 0.1   # the weights differ
+    same = tv_denoise(f, 1.0, stack=True, dtype=np.float64, eps=0.0, max_iter=300)
+    assert np.abs(same[1] - ours[1]).max() < 1e-12
+    with pytest.raises(InputError):
+        tv_denoise(f, [1.0, 2.0], stack=True)
 
 
 @pytest.mark.parametrize("draw", range(4))
