@@ -250,22 +250,25 @@ def poisson_plural_deconvolve(edge_signal, t_lambda, de, *, plasmon_eV, plasmon_
 
 
 #: t/lambda grid (per position) and plasmon grid (scan-wide) of the core-loss plural-scattering fit
-_T_GRID = np.arange(0.0, 3.01, 0.05)
+_T_GRID = np.round(np.arange(-0.3, 3.01, 0.05), 6)   # below 0: an unbiased estimate about t = 0 (clipped later)
 _EP_GRID = np.arange(8.0, 40.01, 0.5)
+_T_TV = 1.0       # TV weight of the t/lambda map, in units of its noise (median-absolute neighbour differences)
 _FWHM_GRID = np.arange(3.0, 16.01, 0.5)
 
 
 def estimate_core_loss_plural(edge_signal, energy_eV, region, *, plasmon_eV=None, plasmon_fwhm_eV=None,
-                              bin_eV=0.5):
+                              line_eV=None, bin_eV=1.0):
     """t/lambda per position, and the plasmon energy and width of the scan, from a background-
     subtracted core loss alone (no low loss): the values whose Poisson-plasmon deconvolution
     (``poisson_plural_deconvolve``) leaves the post-edge continuum in ``region`` (eV) smoothest,
-    i.e. the least squares residual of a quadratic in energy there. Plural scattering puts
+    i.e. the least squares residual of a quadratic in energy there (plus ``1/x`` and ``1/x^2``,
+    x = E - ``line_eV``, for the tails of the last white line and its arctan step when given). Plural scattering puts
     plasmon replicas of the white lines (a bump at L2 + plasmon) on the post-edge continuum, which
     for single scattering is a smooth step tail; under-correction leaves the bump, over-correction
     digs a dip. The plasmon (energy, FWHM) comes from the scan's mean spectrum (a grid search of
     plasmon x t/lambda), then t/lambda per position on a 0.05 grid, refined by a parabola. The
-    search runs on spectra binned to ``bin_eV`` (the replicas are several eV wide).
+    search runs on spectra binned to ``bin_eV`` (the replicas are several eV wide); the plasmon
+    grid is 8-40 eV x FWHM 3-16 eV, coarse (2 eV) then fine (0.5 eV) about the coarse best.
     Returns (t_lambda (P,), plasmon_eV, plasmon_fwhm_eV)."""
     xp = be.xp_of(edge_signal)
     e = np.asarray(be.to_host(energy_eV), np.float64)
@@ -281,7 +284,12 @@ def estimate_core_loss_plural(edge_signal, energy_eV, region, *, plasmon_eV=None
         raise InputError(f"the post-edge region {region[0]:.1f}-{region[1]:.1f} eV is too short for the plural-"
                          f"scattering fit")
     u = (eb[reg] - eb[reg].mean()) / (np.ptp(eb[reg]) / 2)
-    vander = np.stack([np.ones_like(u), u, u * u], 1)
+    basis = [np.ones_like(u), u, u * u]
+    if line_eV is not None:     # the tails of the last white line and its step: 1/x, 1/x^2 (Lorentz, arctan)
+        x = eb[reg] - float(line_eV)
+        x = x / x.min()
+        basis += [1.0 / x, 1.0 / x ** 2]
+    vander = np.stack(basis, 1)
     proj = xp.asarray(np.eye(u.size) - vander @ np.linalg.pinv(vander))   # residual projector
     nfft = 1 << int(np.ceil(np.log2(nb + 300.0 / deb)))
     freq = np.fft.rfftfreq(nfft, d=deb)
@@ -300,7 +308,7 @@ def estimate_core_loss_plural(edge_signal, energy_eV, region, *, plasmon_eV=None
         cm, c0, cp = take(k - 1), take(k), take(k + 1)
         den = cm - 2 * c0 + cp
         off = xp.where(den > 0, 0.5 * (cm - cp) / xp.where(den > 0, den, 1.0), 0.0)
-        return xp.clip(xp.asarray(_T_GRID)[k] + xp.clip(off, -1.0, 1.0) * (_T_GRID[1] - _T_GRID[0]), 0.0, None)
+        return xp.asarray(_T_GRID)[k] + xp.clip(off, -1.0, 1.0) * (_T_GRID[1] - _T_GRID[0])
 
     def plasmon_search(fspec, eps, fws, t_grid):   # the (Ep, FWHM) of least summed min-over-t residual
         ee, ww = np.meshgrid(eps, fws, indexing="ij")
@@ -317,15 +325,15 @@ def estimate_core_loss_plural(edge_signal, energy_eV, region, *, plasmon_eV=None
         # of like t/lambda (a mean over different t/lambda is not a Poisson kernel), coarse to fine
         eps = _EP_GRID if plasmon_eV is None else np.array([float(plasmon_eV)])
         fws = _FWHM_GRID if plasmon_fwhm_eV is None else np.array([float(plasmon_fwhm_eV)])
-        ep, fw = plasmon_search(spec.mean(0, keepdims=True), eps[::2], fws[::2], _T_GRID[::2])
+        ep, fw = plasmon_search(spec.mean(0, keepdims=True), eps[::4], fws[::4], _T_GRID[::2])
         t0 = t_fit(spec, ep, fw)
         order = xp.argsort(t0)
         groups = xp.stack([spec[idx].mean(0) for idx in xp.array_split(order, min(6, p))])
-        ep, fw = plasmon_search(groups, eps[::2], fws[::2], _T_GRID[::2])
-        near = lambda grid, v: grid[np.abs(grid - v) <= 1.01 * 2 * (grid[1] - grid[0] if grid.size > 1 else 1)]  # noqa: E731
+        ep, fw = plasmon_search(groups, eps[::4], fws[::4], _T_GRID[::2])
+        near = lambda grid, v: grid[np.abs(grid - v) <= 2.01]  # noqa: E731
         ep, fw = plasmon_search(groups, near(eps, ep), near(fws, fw), _T_GRID)
         plasmon_eV, plasmon_fwhm_eV = ep, fw
-    return t_fit(spec, plasmon_eV, plasmon_fwhm_eV), plasmon_eV, plasmon_fwhm_eV
+    return t_fit(spec, plasmon_eV, plasmon_fwhm_eV), plasmon_eV, plasmon_fwhm_eV   # unclipped
 
 
 def white_line_maps(spectra, energy_eV, edge="Ni-L23", *, low_loss=None, low_loss_energy_eV=None,
@@ -427,9 +435,17 @@ def white_line_maps(spectra, energy_eV, edge="Ni-L23", *, low_loss=None, low_los
     sig_onset = sig
     if fit_plural:
         start = int(xp.searchsorted(e, pre[0]))
-        region = ((centre + gap + 4.0) if gap is not None else (centre + 8.0), float(e[-1]) - 1.0)
+        last = centre + (gap if gap is not None else 0.0)
+        region = (last + 3.0, float(e[-1]) - 1.0)
         t_core, plasmon_eV, plasmon_fwhm_eV = estimate_core_loss_plural(
-            sig[:, start:], e[start:], region, plasmon_eV=plasmon_eV, plasmon_fwhm_eV=plasmon_fwhm_eV)
+            sig[:, start:], e[start:], region, plasmon_eV=plasmon_eV, plasmon_fwhm_eV=plasmon_fwhm_eV, line_eV=last)
+        if len(scan) == 2 and min(scan) >= 3:   # t/lambda is a thickness map: TV at its noise level
+            tm = t_core.reshape(scan)
+            dif = xp.concatenate([xp.diff(tm, axis=0).ravel(), xp.diff(tm, axis=1).ravel()])
+            noise = 1.4826 * float(xp.median(xp.abs(dif - xp.median(dif)))) / np.sqrt(2.0)
+            if noise > 0:
+                t_core = tv_denoise(tm, _T_TV * noise, dtype=np.float64).reshape(-1)
+        t_core = xp.clip(t_core, 0.0, None)
         part = poisson_plural_deconvolve(sig[:, start:], t_core, de, plasmon_eV=plasmon_eV,
                                          plasmon_fwhm_eV=plasmon_fwhm_eV)
         sig = xp.concatenate([sig[:, :start], part], axis=-1)
