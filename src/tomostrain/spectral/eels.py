@@ -325,11 +325,11 @@ def estimate_core_loss_plural(edge_signal, energy_eV, region, *, plasmon_eV=None
         # of like t/lambda (a mean over different t/lambda is not a Poisson kernel), coarse to fine
         eps = _EP_GRID if plasmon_eV is None else np.array([float(plasmon_eV)])
         fws = _FWHM_GRID if plasmon_fwhm_eV is None else np.array([float(plasmon_fwhm_eV)])
-        ep, fw = plasmon_search(spec.mean(0, keepdims=True), eps[::4], fws[::4], _T_GRID[::2])
+        ep, fw = plasmon_search(spec.mean(0, keepdims=True), eps[::2], fws[::2], _T_GRID[::2])
         t0 = t_fit(spec, ep, fw)
         order = xp.argsort(t0)
         groups = xp.stack([spec[idx].mean(0) for idx in xp.array_split(order, min(6, p))])
-        ep, fw = plasmon_search(groups, eps[::4], fws[::4], _T_GRID[::2])
+        ep, fw = plasmon_search(groups, eps[::2], fws[::2], _T_GRID[::2])
         near = lambda grid, v: grid[np.abs(grid - v) <= 2.01]  # noqa: E731
         ep, fw = plasmon_search(groups, near(eps, ep), near(fws, fw), _T_GRID)
         # last: 0.1 eV steps on finer groups (t/lambda and the plasmon width trade off: 0.4 eV of
