@@ -261,8 +261,8 @@ def estimate_core_loss_plural(edge_signal, energy_eV, region, *, plasmon_eV=None
     """t/lambda per position, and the plasmon energy and width of the scan, from a background-
     subtracted core loss alone (no low loss): the values whose Poisson-plasmon deconvolution
     (``poisson_plural_deconvolve``) leaves the post-edge continuum in ``region`` (eV) smoothest,
-    i.e. the least squares residual of a quadratic in energy there (plus ``1/x``, x = E -
-    ``line_eV``, for the tail of the last arctan step when given). Plural scattering puts
+    i.e. the least squares residual of a quadratic in energy there (plus ``1/x`` and ``1/x^2``,
+    x = E - ``line_eV``, for the tails of the last white line and its arctan step when given). Plural scattering puts
     plasmon replicas of the white lines (a bump at L2 + plasmon) on the post-edge continuum, which
     for single scattering is a smooth step tail; under-correction leaves the bump, over-correction
     digs a dip. The plasmon (energy, FWHM) comes from the scan's mean spectrum (a grid search of
@@ -285,10 +285,10 @@ def estimate_core_loss_plural(edge_signal, energy_eV, region, *, plasmon_eV=None
                          f"scattering fit")
     u = (eb[reg] - eb[reg].mean()) / (np.ptp(eb[reg]) / 2)
     basis = [np.ones_like(u), u, u * u]
-    if line_eV is not None:     # the arctan tail of the last step, 1/x (a 1/x^2 term too took up the
-        x = eb[reg] - float(line_eV)    # L3 replica's leading edge: Ni medium 0.055 -> 0.126)
+    if line_eV is not None:     # the tails of the last white line and its step: 1/x, 1/x^2 (Lorentz, arctan)
+        x = eb[reg] - float(line_eV)
         x = x / x.min()
-        basis += [1.0 / x]
+        basis += [1.0 / x, 1.0 / x ** 2]
     vander = np.stack(basis, 1)
     proj = xp.asarray(np.eye(u.size) - vander @ np.linalg.pinv(vander))   # residual projector
     nfft = 1 << int(np.ceil(np.log2(nb + 300.0 / deb)))
