@@ -67,7 +67,7 @@ def test_plural_fit_leaves_single_scattering_alone():
     assert np.abs(m.l3_l2 - off.l3_l2).max() < 0.02
 
 
-@pytest.mark.xfail(strict=True, reason="dose-limited: t/lambda 0.2-1.2 at 3000 counts, no low loss, seed 1: "
+@pytest.mark.xfail(strict=True, reason="dose- and plasmon-width-limited: t/lambda 0.2-1.2 at 3000 counts, no low loss, seed 1: "
                    "L3/L2 RMSE 0.097 (seed 2: 0.216, fitted plasmon FWHM 6.8 for 7.0; the measured-low-loss Fourier "
                    "ratio: 0.108 / 0.121)")
 def test_plural_no_lowloss_default_dose():
