@@ -80,3 +80,19 @@ def test_peer_exspy_model_fit_on_same_spectra():
     ours = white_line_maps(s, e, "Ni-L23", denoise=None).l3_l2
     assert np.sqrt(np.mean((peer - tr["l3_l2"]) ** 2)) < 0.4
     assert np.sqrt(np.mean((ours - tr["l3_l2"]) ** 2)) < 0.4
+
+
+def test_cli_eels_thickness_from_the_core_loss(tmp_path):
+    """No low loss in the file: /eels/thickness is the core-loss plural fit's t/lambda."""
+    from tomostrain import cli, io
+    from tomostrain.synthetic.eels import eels_variant
+
+    s, e, tr = eels_variant("plural_medium_no_lowloss", (12, 12), seed=5)
+    io.write_spectrum_image(tmp_path / "si.h5", s, e)
+    out = tmp_path / "eels.h5"
+    assert cli.main(["eels", str(tmp_path / "si.h5"), "-o", str(out), "--edge", "Ni-L23", "--backend", "cpu"]) == 0
+    with h5py.File(out) as h5:
+        t = h5["eels/thickness"][()]
+        attrs = dict(h5["eels"].attrs)
+    assert attrs["thickness_source"] == "core_loss" and abs(attrs["plasmon_eV"] - 22.0) <= 0.5
+    assert np.sqrt(np.mean((t - tr["thickness"]) ** 2)) < 0.05

@@ -30,14 +30,72 @@ def test_variants_ratio_and_onset(name, seed):
     assert onset_rmse <= 0.15, onset_rmse
 
 
-def test_plural_scattering_needs_the_low_loss():
+def test_plural_scattering_with_and_without_the_low_loss():
     """t/lambda 0.2-1.2: the L3 plasmon replica lies under L2. Fourier-ratio deconvolution with
-    the low loss brings the ratio back; without it the ratio is off by ~1 (the test fails if
-    the deconvolution does nothing)."""
+    the low loss brings the ratio back; without a low loss the core-loss plural fit (default
+    ``plural="auto"``) does; with it switched off the ratio is off by ~1 (the test fails if the
+    correction does nothing)."""
     with_ll, onset = _errors("thick_plural_lowloss", 12, counts=1e5)
-    without, _ = _errors("thick_plural_no_lowloss", 12, counts=1e5)
+    fitted, onset_fit = _errors("thick_plural_no_lowloss", 12, counts=1e5)
+    params = {**VARIANTS["thick_plural_no_lowloss"], "counts": 1e5}
+    s, e, tr = eels_variant(params, (16, 16), seed=12)
+    off = white_line_maps(s, e, "Ni-L23", plural=None)
     assert with_ll <= 0.08 and onset <= 0.15
-    assert without > 0.5
+    assert fitted <= 0.08 and onset_fit <= 0.15
+    assert np.sqrt(np.mean((off.l3_l2 - tr["l3_l2"]) ** 2)) > 0.5 and off.thickness is None
+
+
+@pytest.mark.parametrize("name,seed", [("plural_thin_no_lowloss", 21), ("plural_medium_no_lowloss", 22),
+                                       ("plural_thick_no_lowloss", 23)])
+def test_plural_from_the_core_loss_alone(name, seed):
+    """No low loss, t/lambda 0.1-0.4 / 0.4-0.8 / 0.8-1.5, 1e4 counts: t/lambda per position and
+    the plasmon (22 eV, FWHM 7) are fitted from the core loss, the edge deconvolved."""
+    ratio_rmse, onset_rmse = _errors(name, seed)
+    s, e, tr = eels_variant(name, (16, 16), seed=seed)
+    m = white_line_maps(s, e, "Ni-L23")
+    assert ratio_rmse <= 0.08 and onset_rmse <= 0.15, (ratio_rmse, onset_rmse)
+    assert m.thickness_source == "core_loss" and np.sqrt(np.mean((m.thickness - tr["thickness"]) ** 2)) < 0.03
+    assert abs(m.plasmon_eV - 22.0) <= 0.5 and abs(m.plasmon_fwhm_eV - 7.0) <= 1.0
+
+
+def test_plural_fit_leaves_single_scattering_alone():
+    """A single-scattering core loss: the fitted t/lambda is ~0 and the maps are those without it."""
+    s, e, tr = eels_variant("default", (16, 16), seed=3)
+    m = white_line_maps(s, e, "Ni-L23")
+    off = white_line_maps(s, e, "Ni-L23", plural=None)
+    assert float(np.mean(m.thickness)) < 0.02
+    assert np.abs(m.l3_l2 - off.l3_l2).max() < 0.02
+
+
+@pytest.mark.xfail(strict=True, reason="dose- and plasmon-width-limited: t/lambda 0.2-1.2 at 3000 counts, no low loss, seed 1: "
+                   "L3/L2 RMSE 0.097 (seed 2: 0.216, fitted plasmon FWHM 6.8 for 7.0; the measured-low-loss Fourier "
+                   "ratio: 0.108 / 0.121)")
+def test_plural_no_lowloss_default_dose():
+    ratio_rmse, onset_rmse = _errors("thick_plural_no_lowloss", 1)
+    assert ratio_rmse <= 0.08 and onset_rmse <= 0.15
+
+
+def test_poisson_plural_deconvolve_inverts_the_kernel():
+    """J = S * exp(t (P - 1)) built order by order (Gaussian plasmons, t/lambda 0.5 and 1.3):
+    the model-kernel deconvolution gives S back."""
+    from tomostrain.spectral import poisson_plural_deconvolve
+
+    de = 0.2
+    x = np.arange(0, 700) * de
+    s = np.exp(-0.5 * ((x - 40) / 1.0) ** 2) + 0.3 * (0.5 + np.arctan((x - 40) / 0.5) / np.pi) * (x > 20)
+    lags = np.arange(0, 700) * de
+    out = []
+    for t in (0.5, 1.3):
+        kern = np.zeros(lags.size)
+        kern[0] = np.exp(-t)
+        for m in range(1, 12):           # orders of scattering
+            g = np.exp(-0.5 * ((lags - 22.0 * m) / (3.0 * np.sqrt(m))) ** 2)
+            kern += np.exp(-t) * t ** m / factorial(m) * g / g.sum()
+        out.append(np.convolve(s, kern)[: x.size])
+    j = np.stack(out)
+    rec = poisson_plural_deconvolve(j, np.array([0.5, 1.3]), de, plasmon_eV=22.0, plasmon_fwhm_eV=3.0 * 2.3548)
+    assert np.abs(rec - s[None]).max() < 2e-3 * s.max()
+    assert np.abs(j - s[None]).max() > 0.2 * s.max()
 
 
 def test_drift_referenced_to_the_zero_loss():
@@ -96,14 +154,21 @@ def test_fourier_ratio_recovers_a_single_scattering_edge():
 
 
 def test_batched_score_tv_equals_the_filter():
-    """The stacked TV of the PCA score maps is gpu_core.filters.tv_denoise image by image."""
+    """``tv_denoise(stack=True)`` (the PCA score maps' TV in ``pca_denoise``) is
+    ``tv_denoise`` image by image, with one weight per image, in float64 (fixed iteration count)."""
+    from tomostrain.errors import InputError
     from tomostrain.gpu_core.filters import tv_denoise
-    from tomostrain.spectral.eels import _tv2d_stack
 
     f = np.random.default_rng(0).standard_normal((3, 16, 20)) + 0.3 * np.arange(20)
-    ours = _tv2d_stack(f, 1.0, np, eps=0.0, max_iter=300)
-    ref = np.stack([np.asarray(tv_denoise(x, 1.0, eps=0.0, max_iter=300), float) for x in f])
-    assert np.abs(ours - ref).max() < 1e-4 and np.abs(ours - f).max() > 0.1
+    w = np.array([0.5, 1.0, 2.0])
+    ours = tv_denoise(f, w, stack=True, dtype=np.float64, eps=0.0, max_iter=300)
+    ref = np.stack([tv_denoise(x, wi, dtype=np.float64, eps=0.0, max_iter=300) for x, wi in zip(f, w)])
+    assert ours.dtype == np.float64 and np.abs(ours - ref).max() < 1e-12
+    assert np.abs(ours - f).max() > 0.1 and np.abs(ours[0] - ours[2]).max() > 0.1   # the weights differ
+    same = tv_denoise(f, 1.0, stack=True, dtype=np.float64, eps=0.0, max_iter=300)
+    assert np.abs(same[1] - ours[1]).max() < 1e-12
+    with pytest.raises(InputError):
+        tv_denoise(f, [1.0, 2.0], stack=True)
 
 
 @pytest.mark.parametrize("draw", range(4))
@@ -113,6 +178,24 @@ def test_random_single_scattering_draws(draw):
     rng = np.random.default_rng(5)
     for _ in range(draw + 1):
         params, scan, seed = random_variant(rng)
+    s, e, tr = eels_variant(params, scan, seed=seed)
+    m = white_line_maps(s, e, params["edge"])
+    assert np.sqrt(np.mean((m.l3_l2 - tr["l3_l2"]) ** 2)) <= 0.08
+    assert np.sqrt(np.mean((m.l3_onset_eV - tr["l3_onset_eV"] - tr["drift_eV"]) ** 2)) <= 0.15
+
+
+@pytest.mark.parametrize("draw", [pytest.param(2), pytest.param(5),
+                                  pytest.param(3, marks=pytest.mark.xfail(strict=True, reason=(
+                                      "Cu, plasmon 17.6 eV FWHM 10.9: fitted FWHM 10.0, t/lambda RMSE 0.108, "
+                                      "L3/L2 RMSE 0.217 (broad plasmons: width and t/lambda trade off)")))])
+def test_random_plural_draws_without_low_loss(draw):
+    """Random plural-scattering variants (``random_plural_variant``, generator seed 777, drawn after
+    the method was fixed; nothing tuned on them), measured without a low loss."""
+    from tomostrain.synthetic.eels import random_plural_variant
+
+    rng = np.random.default_rng(777)
+    for _ in range(draw + 1):
+        params, scan, seed = random_plural_variant(rng)
     s, e, tr = eels_variant(params, scan, seed=seed)
     m = white_line_maps(s, e, params["edge"])
     assert np.sqrt(np.mean((m.l3_l2 - tr["l3_l2"]) ** 2)) <= 0.08

@@ -845,10 +845,18 @@ def eels(input, output, *, edge="Ni-L23", references=None, valence_from="ratio",
                 out["valence"] = valence_map(values, references).astype(np.float32)
                 out["@attrs"]["references"] = [list(map(float, r)) for r in references]
                 out["@attrs"]["valence_from"] = valence_from
-            if maps.thickness is not None:
+            if maps.thickness is not None and maps.thickness_source == "low_loss":
                 out["thickness"] = np.asarray(maps.thickness, np.float32)
+                out["@attrs"]["thickness_source"] = "low_loss"
             elif si.energy_eV[0] <= 0.0 <= si.energy_eV[-1]:
                 out["thickness"] = log_ratio_thickness(data, si.energy_eV).astype(np.float32)
+                out["@attrs"]["thickness_source"] = "low_loss"
+            elif maps.thickness is not None:      # no low loss: t/lambda of the core-loss plural fit
+                out["thickness"] = np.asarray(maps.thickness, np.float32)
+                out["@attrs"]["thickness_source"] = "core_loss"
+            if maps.plasmon_eV is not None:
+                out["@attrs"]["plasmon_eV"] = float(maps.plasmon_eV)
+                out["@attrs"]["plasmon_fwhm_eV"] = float(maps.plasmon_fwhm_eV)
             job.results["eels"] = out
     return job.finish() if own else None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from .backend import xp_of
+from .backend import to_host as be_host, xp_of
 
 
 def ndimage_for(xp):
@@ -54,7 +54,7 @@ def median(volume, size):
     return ndimage_for(xp_of(arr)).median_filter(arr, size=size, mode="reflect")
 
 
-def tv_denoise(volume, weight, *, eps: float = 2e-4, max_iter: int = 200):
+def tv_denoise(volume, weight, *, eps: float = 2e-4, max_iter: int = 200, stack: bool = False, dtype=np.float32):
     """Total-variation denoising by Chambolle's projection algorithm (J. Math. Imaging Vis. 2004).
 
     Minimises ``||u - f||^2 / 2 + weight * TV(u)`` (isotropic TV, forward differences, Neumann
@@ -62,14 +62,33 @@ def tv_denoise(volume, weight, *, eps: float = 2e-4, max_iter: int = 200):
     flattens more texture. Stops when the relative energy change falls below ``eps`` or after
     ``max_iter`` iterations. Same algorithm and stopping rule as
     ``skimage.restoration.denoise_tv_chambolle``, written once for NumPy and CuPy.
+
+    ``stack=True``: axis 0 indexes independent images (e.g. the (k, ny, nx) score maps of a PCA),
+    all denoised at once (the differences run only along the other axes, so the images do not
+    mix); ``weight`` is then a scalar or one weight per image, and the stopping rule uses the
+    energy summed over the stack. ``dtype``: the working and returned precision (float32 by
+    default; float64 for callers that need it).
     """
-    f = as_float_image(volume)
-    if not weight > 0:
-        raise InputError(f"weight must be > 0, got {weight!r}")
+    f = as_float_image(volume)          # validated (finite, numeric, >= 2-D) float32
     xp = xp_of(f)
+    if np.dtype(dtype) != np.float32:
+        f = xp.asarray(volume).astype(dtype)
+    w_arr = np.asarray(be_host(weight), dtype=np.float64)
+    if not np.all(w_arr > 0):
+        raise InputError(f"weight must be > 0, got {weight!r}")
+    if stack:
+        if f.ndim < 3:
+            raise InputError(f"stack=True needs a (n_images, ...) array of 2-D or 3-D images, got shape {f.shape}")
+        if w_arr.ndim > 1 or (w_arr.ndim == 1 and w_arr.size != f.shape[0]):
+            raise InputError(f"weight needs one value per image ({f.shape[0]}), got shape {w_arr.shape}")
+        return _tv_chambolle_stack(f, xp.asarray(w_arr.reshape((-1,) + (1,) * (f.ndim - 1)), dtype=dtype),
+                                   eps, max_iter, xp)
+    if w_arr.ndim:
+        raise InputError(f"weight must be a scalar without stack=True, got shape {w_arr.shape}")
+    weight = float(w_arr)
     nd = f.ndim
     tau = 1.0 / (2.0 * nd)
-    p = xp.zeros((nd,) + f.shape, dtype=xp.float32)
+    p = xp.zeros((nd,) + f.shape, dtype=dtype)
     g = xp.zeros_like(p)
     out = f
     e_init = e_prev = None
@@ -95,6 +114,42 @@ def tv_denoise(volume, weight, *, eps: float = 2e-4, max_iter: int = 200):
         p -= tau * g
         p /= norm
         energy /= f.size
+        if i == 0:
+            e_init = e_prev = energy
+        elif abs(e_prev - energy) < eps * e_init:
+            break
+        else:
+            e_prev = energy
+    return out.copy() if out is f else out
+
+
+def _tv_chambolle_stack(f, w, eps, max_iter, xp):
+    """``tv_denoise`` of every image ``f[j]`` of a stack at once, weights ``w`` (n, 1, ...): the
+    same update, the differences along axes 1.. only, the energy summed over the stack."""
+    nd = f.ndim - 1
+    tau = 1.0 / (2.0 * nd)
+    p = xp.zeros((nd,) + f.shape, dtype=f.dtype)
+    g = xp.zeros_like(p)
+    out = f
+    e_init = e_prev = None
+    for i in range(max_iter):   # iterations, over all images and pixels at once
+        d = xp.zeros_like(f)
+        if i > 0:
+            d -= p.sum(0)
+            for ax in range(nd):
+                dst = [slice(None)] * f.ndim
+                src = [slice(None)] * f.ndim
+                dst[ax + 1], src[ax + 1] = slice(1, None), slice(0, -1)
+                d[tuple(dst)] += p[ax][tuple(src)]
+            out = f + d
+        for ax in range(nd):
+            sl = [slice(None)] * f.ndim
+            sl[ax + 1] = slice(0, -1)
+            g[ax][tuple(sl)] = xp.diff(out, axis=ax + 1)
+        norm = xp.sqrt((g * g).sum(0))
+        energy = float(((d * d).sum() + (w * norm).sum()) / f.size)
+        p -= tau * g
+        p /= 1.0 + norm * (tau / w)
         if i == 0:
             e_init = e_prev = energy
         elif abs(e_prev - energy) < eps * e_init:

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..gpu_core import backend as be
+from ..gpu_core.filters import tv_denoise
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class EelsMaps:
     edge: Edge
     valence: np.ndarray | None = None
     thickness: np.ndarray | None = None
+    thickness_source: str | None = None     # "low_loss" (log-ratio) or "core_loss" (plural fit)
+    plasmon_eV: float | None = None         # the plasmon of the core-loss plural fit
+    plasmon_fwhm_eV: float | None = None
 
 
 def resolve_edge(edge) -> Edge:
@@ -123,7 +127,7 @@ def pca_denoise(spectra, n_components=None, *, spatial_tv=0.0, rank_factor=1, bi
     L3/L2 RMSE 0.09 -> 0.06 on a 16 x 16 Ni scan at rank factor 2, TV weight 1).
     ``spatial_tv`` > 0 (needs ``spectra`` shaped (scan_y, scan_x, n_E)): each kept component's
     score map, whose noise has unit variance after the scaling, is TV-denoised with that weight
-    (Chambolle, as ``gpu_core.filters.tv_denoise``, all maps at once) before the rebuild: edges between phases stay sharp.
+    (``gpu_core.filters.tv_denoise(stack=True)``, all maps at once) before the rebuild: edges between phases stay sharp.
     ``bin_channels`` > 1: the rank and the spatial subspace come from the spectra summed in bins
     of that many channels (noise adds incoherently, a smooth signal coherently, so components
     rise above the Marchenko-Pastur edge of the shorter axis), and the full-resolution spectra
@@ -164,7 +168,7 @@ def pca_denoise(spectra, n_components=None, *, spatial_tv=0.0, rank_factor=1, bi
     scores = zc @ w                                   # (n, k), unit-variance noise
     if spatial_tv > 0 and len(shape) == 3:
         maps = scores.T.reshape((n_components,) + shape[:2])
-        scores = _tv2d_stack(maps, spatial_tv, xp).reshape(n_components, -1).T
+        scores = tv_denoise(maps, spatial_tv, stack=True, dtype=np.float64).reshape(n_components, -1).T
     rebuilt = scores @ w.T + mean
     return (rebuilt * scale).reshape(shape), int(n_components)
 
@@ -221,9 +225,128 @@ def fourier_ratio_deconvolve(edge_signal, low_loss, *, zlp_half_width_ch, pad_ch
     return out / xp.clip(ratio[:, :1].real, 1e-12, None)   # unit gain at f = 0 (the total count)
 
 
+def plasmon_ft(freq, plasmon_eV, plasmon_fwhm_eV, xp=np):
+    """Fourier transform of a unit-area Gaussian single-plasmon loss at ``plasmon_eV`` (FWHM
+    ``plasmon_fwhm_eV``) on the frequencies ``freq`` (1/eV) of an rfft."""
+    sg = plasmon_fwhm_eV / 2.3548
+    return xp.exp(-2j * np.pi * freq * plasmon_eV - 2.0 * (np.pi * freq * sg) ** 2)
+
+
+def poisson_plural_deconvolve(edge_signal, t_lambda, de, *, plasmon_eV, plasmon_fwhm_eV, support_eV=300.0):
+    """Single scattering from a background-subtracted core loss ``edge_signal`` (P, N) on channels
+    of ``de`` eV, given t/lambda per position (P,) and a Gaussian plasmon: the plural-scattering
+    kernel of a Poisson number of plasmon losses is ``K = exp(t (P(f) - 1))`` in Fourier space
+    (Egerton 2011 sec. 3.7, 4.3), so ``S = IFT[J exp(t (1 - P))]`` exactly (the Fourier-log /
+    Fourier-ratio with a model low loss in place of a measured one). The kernel is causal, so
+    zero padding by ``support_eV`` keeps the circular convolution from wrapping."""
+    xp = be.xp_of(edge_signal)
+    p, n = edge_signal.shape
+    nfft = 1 << int(np.ceil(np.log2(n + support_eV / de)))
+    freq = xp.asarray(np.fft.rfftfreq(nfft, d=de))
+    pf = plasmon_ft(freq, plasmon_eV, plasmon_fwhm_eV, xp)
+    t = xp.asarray(t_lambda, dtype=xp.float64).reshape(-1, 1)
+    spec = xp.fft.rfft(edge_signal, nfft, axis=-1) * xp.exp(t * (1.0 - pf[None, :]))
+    return xp.fft.irfft(spec, nfft, axis=-1)[:, :n]
+
+
+#: t/lambda grid (per position) and plasmon grid (scan-wide) of the core-loss plural-scattering fit
+_T_GRID = np.round(np.arange(-0.3, 3.01, 0.05), 6)   # below 0: an unbiased estimate about t = 0 (clipped later)
+_EP_GRID = np.arange(8.0, 40.01, 0.5)
+_T_TV = 1.0       # TV weight of the t/lambda map, in units of its noise (median-absolute neighbour differences)
+_FWHM_GRID = np.arange(3.0, 16.01, 0.5)
+
+
+def estimate_core_loss_plural(edge_signal, energy_eV, region, *, plasmon_eV=None, plasmon_fwhm_eV=None,
+                              line_eV=None, bin_eV=1.0):
+    """t/lambda per position, and the plasmon energy and width of the scan, from a background-
+    subtracted core loss alone (no low loss): the values whose Poisson-plasmon deconvolution
+    (``poisson_plural_deconvolve``) leaves the post-edge continuum in ``region`` (eV) smoothest,
+    i.e. the least squares residual of a quadratic in energy there (plus ``1/x`` and ``1/x^2``,
+    x = E - ``line_eV``, for the tails of the last white line and its arctan step when given). Plural scattering puts
+    plasmon replicas of the white lines (a bump at L2 + plasmon) on the post-edge continuum, which
+    for single scattering is a smooth step tail; under-correction leaves the bump, over-correction
+    digs a dip. The plasmon (energy, FWHM) comes from the scan's mean spectrum (a grid search of
+    plasmon x t/lambda), then t/lambda per position on a 0.05 grid, refined by a parabola. The
+    search runs on spectra binned to ``bin_eV`` (the replicas are several eV wide); the plasmon
+    grid is 8-40 eV x FWHM 3-16 eV, coarse (2 eV) then fine (0.5 eV) about the coarse best.
+    Returns (t_lambda (P,), plasmon_eV, plasmon_fwhm_eV)."""
+    xp = be.xp_of(edge_signal)
+    e = np.asarray(be.to_host(energy_eV), np.float64)
+    de = float(e[1] - e[0])
+    b = max(1, int(round(bin_eV / de)))
+    p, n = edge_signal.shape
+    nb = n // b
+    sb = edge_signal[:, : nb * b].reshape(p, nb, b).mean(-1)
+    eb = e[: nb * b].reshape(nb, b).mean(-1)
+    deb = de * b
+    reg = (eb >= region[0]) & (eb <= region[1])
+    if int(reg.sum()) < 8:
+        raise InputError(f"the post-edge region {region[0]:.1f}-{region[1]:.1f} eV is too short for the plural-"
+                         f"scattering fit")
+    u = (eb[reg] - eb[reg].mean()) / (np.ptp(eb[reg]) / 2)
+    basis = [np.ones_like(u), u, u * u]
+    if line_eV is not None:     # the tails of the last white line and its step: 1/x, 1/x^2 (Lorentz, arctan)
+        x = eb[reg] - float(line_eV)
+        x = x / x.min()
+        basis += [1.0 / x, 1.0 / x ** 2]
+    vander = np.stack(basis, 1)
+    proj = xp.asarray(np.eye(u.size) - vander @ np.linalg.pinv(vander))   # residual projector
+    nfft = 1 << int(np.ceil(np.log2(nb + 300.0 / deb)))
+    freq = np.fft.rfftfreq(nfft, d=deb)
+    ri = np.nonzero(reg)[0]
+    spec = xp.fft.rfft(sb, nfft, axis=-1)
+
+    def resid(fspec, d):    # (..., nf) x (..., nf) -> residual power of the region, (...)
+        out = xp.fft.irfft(fspec * d, nfft, axis=-1)[..., ri[0]:ri[-1] + 1] @ proj
+        return (out * out).sum(-1)
+
+    def t_fit(fspec, ep, fw):     # t/lambda per spectrum: the grid minimum refined by a parabola
+        pf = xp.asarray(plasmon_ft(freq, ep, fw))
+        crit = xp.stack([resid(fspec, xp.exp(float(t) * (1.0 - pf))[None, :]) for t in _T_GRID], -1)
+        k = xp.clip(xp.argmin(crit, axis=-1), 1, _T_GRID.size - 2)
+        take = lambda idx: xp.take_along_axis(crit, idx[:, None], -1)[:, 0]  # noqa: E731
+        cm, c0, cp = take(k - 1), take(k), take(k + 1)
+        den = cm - 2 * c0 + cp
+        off = xp.where(den > 0, 0.5 * (cm - cp) / xp.where(den > 0, den, 1.0), 0.0)
+        return xp.asarray(_T_GRID)[k] + xp.clip(off, -1.0, 1.0) * (_T_GRID[1] - _T_GRID[0])
+
+    def plasmon_search(fspec, eps, fws, t_grid):   # the (Ep, FWHM) of least summed min-over-t residual
+        ee, ww = np.meshgrid(eps, fws, indexing="ij")
+        pf = xp.asarray(plasmon_ft(freq[None, :], ee.reshape(-1, 1), ww.reshape(-1, 1)))      # (k, nf)
+        best = None
+        for t in t_grid:        # t/lambda values, all plasmons and spectra at once
+            r = resid(fspec[:, None, :], xp.exp(float(t) * (1.0 - pf))[None])                 # (g, k)
+            best = r if best is None else xp.minimum(best, r)
+        k = int(xp.argmin(best.sum(0)))
+        return float(ee.reshape(-1)[k]), float(ww.reshape(-1)[k])
+
+    if plasmon_eV is None or plasmon_fwhm_eV is None:
+        # the plasmon of the scan: first from the mean spectrum, then from the means of positions
+        # of like t/lambda (a mean over different t/lambda is not a Poisson kernel), coarse to fine
+        eps = _EP_GRID if plasmon_eV is None else np.array([float(plasmon_eV)])
+        fws = _FWHM_GRID if plasmon_fwhm_eV is None else np.array([float(plasmon_fwhm_eV)])
+        ep, fw = plasmon_search(spec.mean(0, keepdims=True), eps[::2], fws[::2], _T_GRID[::2])
+        t0 = t_fit(spec, ep, fw)
+        order = xp.argsort(t0)
+        groups = xp.stack([spec[idx].mean(0) for idx in xp.array_split(order, min(6, p))])
+        ep, fw = plasmon_search(groups, eps[::2], fws[::2], _T_GRID[::2])
+        near = lambda grid, v: grid[np.abs(grid - v) <= 2.01]  # noqa: E731
+        ep, fw = plasmon_search(groups, near(eps, ep), near(fws, fw), _T_GRID)
+        # last: 0.1 eV steps on finer groups (t/lambda and the plasmon width trade off: 0.4 eV of
+        # FWHM moved t/lambda by 0.07 on a Co scan)
+        t0 = t_fit(spec, ep, fw)
+        order = xp.argsort(t0)
+        groups = xp.stack([spec[idx].mean(0) for idx in xp.array_split(order, min(16, p))])
+        fine = lambda grid, v: (v + np.arange(-0.5, 0.51, 0.1)) if grid.size > 1 else grid  # noqa: E731
+        ep, fw = plasmon_search(groups, fine(eps, ep), fine(fws, fw), _T_GRID)
+        plasmon_eV, plasmon_fwhm_eV = ep, fw
+    return t_fit(spec, plasmon_eV, plasmon_fwhm_eV), plasmon_eV, plasmon_fwhm_eV   # unclipped
+
+
 def white_line_maps(spectra, energy_eV, edge="Ni-L23", *, low_loss=None, low_loss_energy_eV=None,
                     deconvolve=False, align="auto", pre_window=None, half_window_eV=None, post_window=None,
-                    denoise="pca", spatial_tv=1.0) -> EelsMaps:
+                    denoise="pca", spatial_tv=1.0, plural="auto", plasmon_eV=None,
+                    plasmon_fwhm_eV=None) -> EelsMaps:
     """L3/L2 ratio, L3 onset and peaks of every position of ``spectra`` (scan_y, scan_x, n_E).
 
     low_loss, low_loss_energy_eV : a low-loss spectrum image of the same positions (dual EELS).
@@ -242,9 +365,19 @@ def white_line_maps(spectra, energy_eV, edge="Ni-L23", *, low_loss=None, low_los
     (K edges: (P3 + 14, P3 + 34)). denoise : "pca" (``pca_denoise`` first, the default) or None.
     spatial_tv : with "pca", the TV weight on the component score maps (0: none); the rank is
     then twice the noise-edge count.
+    plural : "auto" (default), "fit" or None. "fit": plural scattering is estimated from the core
+    loss itself (``estimate_core_loss_plural``: t/lambda per position and the scan's plasmon,
+    ``plasmon_eV`` / ``plasmon_fwhm_eV`` when given) and removed (``poisson_plural_deconvolve``)
+    before the white lines are measured; ``thickness`` is then that t/lambda
+    (``thickness_source`` "core_loss"). "auto": "fit" unless a low loss is given with
+    ``deconvolve`` (the measured kernel then does it). The onset is measured before this
+    deconvolution (plural scattering does not reach the L3 onset: its replicas lie a plasmon
+    energy above each feature).
     """
     edge = resolve_edge(edge)
     spectra = _check_spectra(spectra, energy_eV)
+    if plural not in ("auto", "fit", None, "none"):
+        raise InputError(f"plural must be 'auto', 'fit' or None, got {plural!r}")
     if denoise not in ("pca", None, "none"):
         raise InputError(f"denoise must be 'pca' or None, got {denoise!r}")
     xp = be.xp_of(spectra)
@@ -304,7 +437,29 @@ def white_line_maps(spectra, energy_eV, edge="Ni-L23", *, low_loss=None, low_los
         part = fourier_ratio_deconvolve(sig[:, start:], low, zlp_half_width_ch=zlp_hw,
                                         pad_ch=int(round(30.0 / de)))
         sig = xp.concatenate([sig[:, :start], part], axis=-1)
+    source = None if thickness is None else "low_loss"
+    fit_plural = plural == "fit" or (plural == "auto" and not (low is not None and deconvolve))
+    sig_onset = sig
+    if fit_plural:
+        start = int(xp.searchsorted(e, pre[0]))
+        last = centre + (gap if gap is not None else 0.0)
+        region = (last + 3.0, float(e[-1]) - 1.0)
+        t_core, plasmon_eV, plasmon_fwhm_eV = estimate_core_loss_plural(
+            sig[:, start:], e[start:], region, plasmon_eV=plasmon_eV, plasmon_fwhm_eV=plasmon_fwhm_eV, line_eV=last)
+        if len(scan) == 2 and min(scan) >= 3:   # t/lambda is a thickness map: TV at its noise level
+            tm = t_core.reshape(scan)
+            dif = xp.concatenate([xp.diff(tm, axis=0).ravel(), xp.diff(tm, axis=1).ravel()])
+            noise = 1.4826 * float(xp.median(xp.abs(dif - xp.median(dif)))) / np.sqrt(2.0)
+            if noise > 0:
+                t_core = tv_denoise(tm, _T_TV * noise, dtype=np.float64).reshape(-1)
+        t_core = xp.clip(t_core, 0.0, None)
+        part = poisson_plural_deconvolve(sig[:, start:], t_core, de, plasmon_eV=plasmon_eV,
+                                         plasmon_fwhm_eV=plasmon_fwhm_eV)
+        sig = xp.concatenate([sig[:, :start], part], axis=-1)
+        if thickness is None:
+            thickness, source = be.to_host(t_core).reshape(scan), "core_loss"
     smooth = _gauss_smooth(sig, 0.15 / de, xp)
+    smooth_onset = smooth if sig_onset is sig else _gauss_smooth(sig_onset, 0.15 / de, xp)
     p3 = _peak_fine(smooth, e, centre - 3.0, centre + 3.0, de, xp)
     if gap is not None:
         hw = half_window_eV or min(5.0, gap / 2 - 0.5)
@@ -339,13 +494,16 @@ def white_line_maps(spectra, energy_eV, edge="Ni-L23", *, low_loss=None, low_los
     excess = sig - cont
     a3 = _window_integral(excess, e, c3, hw, de, xp)
     a2 = _window_integral(excess, e, c2, hw, de, xp) if p2 is not None else None
-    onset = _half_rise_fine(smooth, e, p3, de, xp)
+    onset = _half_rise_fine(smooth_onset, e, p3 if sig_onset is sig else
+                            _peak_fine(smooth_onset, e, centre - 3.0, centre + 3.0, de, xp), de, xp)
     ratio = a3 / xp.where(a2 != 0, a2, xp.nan) if a2 is not None else xp.full(a3.shape, xp.nan)
     host = lambda v: be.to_host(v).reshape(scan)  # noqa: E731
     return EelsMaps(l3_l2=host(ratio), l3_onset_eV=host(onset + offset), l3_peak_eV=host(p3 + offset),
                     l2_peak_eV=None if p2 is None else host(p2 + offset), l3_area=host(a3),
                     l2_area=None if a2 is None else host(a2), background_r=host(r), edge=edge,
-                    thickness=None if thickness is None else be.to_host(thickness))
+                    thickness=None if thickness is None else be.to_host(thickness), thickness_source=source,
+                    plasmon_eV=plasmon_eV if fit_plural else None,
+                    plasmon_fwhm_eV=plasmon_fwhm_eV if fit_plural else None)
 
 
 def valence_map(values, references):
@@ -397,38 +555,6 @@ def _check_spectra(spectra, energy_eV):
     if not bool(xp.isfinite(spectra).all()):
         raise InputError("the spectrum image contains NaN or Inf")
     return spectra
-
-
-def _tv2d_stack(f, weight, xp, eps=2e-4, max_iter=200):
-    """TV denoising of each 2-D image of a stack (k, ny, nx) at once: Chambolle's projection
-    algorithm as ``gpu_core.filters.tv_denoise`` (same update and stopping rule, the energy per
-    image), with the differences only along the two image axes."""
-    tau = 0.25
-    p = xp.zeros((2,) + f.shape)
-    g = xp.zeros_like(p)
-    out = f
-    e_init = e_prev = None
-    for i in range(max_iter):   # iterations, over all images and pixels at once
-        if i > 0:
-            d = -p.sum(0)
-            d[:, 1:, :] += p[0][:, :-1, :]
-            d[:, :, 1:] += p[1][:, :, :-1]
-            out = f + d
-        else:
-            d = xp.zeros_like(f)
-        g[0][:, :-1, :] = xp.diff(out, axis=1)
-        g[1][:, :, :-1] = xp.diff(out, axis=2)
-        norm = xp.sqrt((g * g).sum(0))
-        energy = float(((d * d).sum() + (weight * norm).sum()) / f.size)
-        p -= tau * g
-        p /= 1.0 + norm * (tau / weight)
-        if i == 0:
-            e_init = e_prev = energy
-        elif abs(e_prev - energy) < eps * e_init:
-            break
-        else:
-            e_prev = energy
-    return out
 
 
 def _gauss_smooth(sig, sigma_ch, xp):

@@ -213,6 +213,10 @@ VARIANTS = {
     "Mn": {"edge": "Mn-L23"},
     "Cu": {"edge": "Cu-L23"},
     "pseudo_voigt": {"lorentz_fraction": 0.5},
+    # plural scattering measured from the core loss alone (no low loss), thin / medium / thick
+    "plural_thin_no_lowloss": {"thickness_range": (0.1, 0.4), "plural_scattering": True, "counts": 1e4},
+    "plural_medium_no_lowloss": {"thickness_range": (0.4, 0.8), "plural_scattering": True, "counts": 1e4},
+    "plural_thick_no_lowloss": {"thickness_range": (0.8, 1.5), "plural_scattering": True, "counts": 1e4},
     "worst": {"counts": 6250.0, "dispersion": 0.5, "thickness_range": (0.2, 1.2), "plural_scattering": True,
               "drift_eV": 3.0, "pattern": "core_shell", "use_low_loss": True, "deconvolve": True},
 }
@@ -239,3 +243,17 @@ def random_variant(rng, dose=(2500.0, 1e5), log_dose=True):
                   edge_jump=rng.uniform(0.25, 0.5))
     scan = (int(rng.choice([12, 16, 24])),) * 2
     return params, scan, int(rng.integers(1000))
+
+
+def random_plural_variant(rng, dose=(1e4, 1e5)):
+    """Parameters of a random plural-scattering variant measured without a low loss: edge,
+    dispersion 0.1-0.5 eV/ch, dose per 0.2 eV (log-uniform in ``dose``), t/lambda ranges up to
+    1.5, plasmon 14-30 eV with FWHM 4-12 eV, map pattern, drift, line shape. Returns (params for
+    ``eels_variant``, scan_shape, seed)."""
+    params, scan, seed = random_variant(rng, dose, True)
+    t0 = rng.uniform(0.1, 0.8)
+    params.update(thickness_range=(t0, min(1.5, t0 + rng.uniform(0.2, 0.8))), plural_scattering=True,
+                  plasmon_eV=float(rng.uniform(14.0, 30.0)), plasmon_fwhm_eV=float(rng.uniform(4.0, 12.0)),
+                  dispersion=float(rng.choice([0.1, 0.2, 0.3, 0.5])))
+    params["counts"] = float(np.exp(rng.uniform(np.log(dose[0]), np.log(dose[1])))) * params["dispersion"] / 0.2
+    return params, scan, seed
