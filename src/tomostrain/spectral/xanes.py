@@ -231,7 +231,8 @@ def xanes_map_2d(transmission, energies_eV, references, **kw) -> XanesFit:
 
 
 def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, darks=None, options=None,
-                     method="fbp", fit="volume", backend_name="auto", stopping="discrepancy", **recon):
+                     method="fbp", fit="volume", backend_name="auto", stopping="discrepancy", refine_center=True,
+                     **recon):
     """TXM-XANES tomography -> ``(XanesFit over (n_rows, n_x, n_x), center, attenuation volumes)``.
 
     data : (n_energies, n_angles, rows, cols) raw counts (or transmission when ``flats`` is None)
@@ -251,9 +252,10 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
     """
     from ..reconstruction import reconstruct
     from ..reconstruction.preprocess import XrayOptions, find_center, preprocess_xray
+    from ..reconstruction.preprocess import refine_center as refine_axis
 
-    if fit not in ("volume", "projection"):
-        raise InputError(f"fit must be 'volume' or 'projection', got {fit!r}")
+    if fit not in ("volume", "projection", "joint"):
+        raise InputError(f"fit must be 'volume', 'projection' or 'joint', got {fit!r}")
     xp = backend.xp_of(data)
     d = xp.asarray(data)
     if d.ndim != 4:
@@ -271,11 +273,13 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
                  and recon.get("iterations") is None)
     names_p, matrix_p = interpolate_references(references, e[order]) if auto_stop else (None, None)
     unmix = np.linalg.pinv(matrix_p) ** 2 if auto_stop else None  # var(amount_j) = sum_k P_jk^2 var_k
-    att, amount_var = [], None
+    att, amount_var, energy_var = [], None, []
     for i, k in enumerate(order):  # one energy at a time: a loop over energies, not voxels
         f = None if flats is None else (flats[k] if np.ndim(flats) == 4 else flats)
         a, angles, _ = preprocess_xray(d[k], angles_deg, f, darks, options=step_opt)
         att.append(a)
+        if fit == "joint" and f is not None and not opt.fold_360 and not opt.paganin:
+            energy_var.append(attenuation_variance(d[k], f, darks).astype(xp.float32))
         if auto_stop and f is not None and not opt.fold_360 and not opt.paganin:
             v = attenuation_variance(d[k], f, darks).astype(xp.float32)
             if amount_var is None:
@@ -288,6 +292,8 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
         for a in att[1:]:
             total += a
         center = find_center(total, angles, opt.center_method)
+        if refine_center and opt.center_method == "vo":
+            center = refine_axis(total, angles, center)
     else:
         center = None if wanted is None else float(wanted)
     if fit == "volume":
@@ -297,6 +303,14 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
         return result, center, vols
     names, matrix = interpolate_references(references, e)
     stack = xp.stack(att)  # (n_e, n_angles, rows, cols)
+    if fit == "joint":
+        weights = None if len(energy_var) != e.size else xp.stack([1.0 / xp.maximum(v, 1e-12) for v in energy_var])
+        b, metric = weighted_unmix(matrix, stack, weights)
+        frac, dens, info = joint_fractions(b, metric, angles, center=center, **recon)
+        spectra = xp.tensordot(xp.asarray(matrix, dtype=xp.float32), frac * dens[None], axes=(1, 0))
+        result = fit_spectra(spectra, e, references)
+        result.meta.update(info)
+        return result, center, spectra
     coef = nnls(matrix, stack.reshape(e.size, -1))
     amounts = coef.reshape((len(names),) + stack.shape[1:]).astype(xp.float32)
     if auto_stop:
@@ -492,3 +506,123 @@ def sure_cgls(projections, variance, angles_deg, center=None, max_iterations=MAX
         best_risk = xp.where(better, risk, best_risk)
         best_it = xp.where(better, it + 1, best_it)
     return best, best_it
+
+
+# ------------------------------------------------------------- joint fraction reconstruction
+def project_simplex(f):
+    """Euclidean projection of every column ``f[:, ...]`` (axis 0: the references) onto the
+    probability simplex ``{f >= 0, sum f = 1}`` (sort-based, vectorised over the points)."""
+    xp = backend.xp_of(f)
+    n = f.shape[0]
+    if n == 1:
+        return xp.ones_like(f)
+    if n == 2:
+        a = xp.clip((f[0] - f[1] + 1) / 2, 0, 1)
+        return xp.stack([a, 1 - a])
+    u = -xp.sort(-f, axis=0)
+    css = xp.cumsum(u, axis=0) - 1
+    k = xp.arange(1, n + 1, dtype=f.dtype).reshape((n,) + (1,) * (f.ndim - 1))
+    cond = u - css / k > 0
+    rho = n - 1 - xp.argmax(cond[::-1], axis=0)  # last index where cond holds
+    theta = xp.take_along_axis(css, rho[None], axis=0)[0] / (rho + 1).astype(f.dtype)
+    return xp.maximum(f - theta[None], 0)
+
+
+def _tv_grad(f, eps):
+    """Gradient of the smoothed total variation ``sum sqrt(|grad f|^2 + eps^2)`` of every slice
+    (forward differences along z and x, Neumann boundary) of ``f`` (..., rows, n, n)."""
+    xp = backend.xp_of(f)
+    gz = xp.zeros_like(f)
+    gx = xp.zeros_like(f)
+    gz[..., :-1, :] = f[..., 1:, :] - f[..., :-1, :]
+    gx[..., :, :-1] = f[..., :, 1:] - f[..., :, :-1]
+    norm = xp.sqrt(gz * gz + gx * gx + eps * eps)
+    pz, px = gz / norm, gx / norm
+    out = xp.zeros_like(f)
+    out[..., :-1, :] -= pz[..., :-1, :]
+    out[..., 1:, :] += pz[..., :-1, :]
+    out[..., :, :-1] -= px[..., :, :-1]
+    out[..., :, 1:] += px[..., :, :-1]
+    return out
+
+
+def weighted_unmix(matrix, stack, weights=None):
+    """Per-ray spectral unmixing ``b = (A^T W A)^-1 A^T W y`` and its metric ``M = A^T W A``.
+
+    matrix : (n_energies, n_refs) A; stack : (n_energies, ...) attenuation y of every ray;
+    weights : (n_energies, ...) inverse noise variances W of y per ray (photon statistics), or
+    None: unweighted, with the noise variance from the misfit of the spectral fit (averaged over
+    the rays), ``W = 1 / s^2``. ``r^T M r`` with ``r = b_true - b`` is then chi-square with
+    n_refs degrees of freedom per ray. Returns ``(b (n_refs, ...), M (n_refs, n_refs, ...))``.
+    """
+    xp = backend.xp_of(stack)
+    a = np.asarray(matrix, np.float64)
+    n_e, n_ref = a.shape
+    y = xp.asarray(stack, dtype=xp.float32).reshape(n_e, -1)
+    if weights is None:
+        b = xp.asarray(np.linalg.pinv(a), dtype=xp.float32) @ y
+        misfit = ((xp.asarray(a, dtype=xp.float32) @ b - y) ** 2).sum(axis=0)
+        s2 = max(float(misfit.mean()) / max(n_e - n_ref, 1), 1e-20)
+        metric = xp.broadcast_to(xp.asarray(a.T @ a / s2, dtype=xp.float32)[:, :, None], (n_ref, n_ref, y.shape[1]))
+        return b.reshape((n_ref,) + stack.shape[1:]), metric.reshape((n_ref, n_ref) + stack.shape[1:])
+    w = xp.asarray(weights, dtype=xp.float32).reshape(n_e, -1)
+    ad = xp.asarray(a, dtype=xp.float32)
+    metric = xp.einsum("ki,kj,kp->pij", ad, ad, w)  # (points, n_ref, n_ref)
+    rhs = xp.einsum("ki,kp->pi", ad, w * y)
+    metric64 = metric.astype(xp.float64)
+    b = xp.linalg.solve(metric64, rhs.astype(xp.float64)[..., None])[..., 0].T.astype(xp.float32)
+    metric = xp.ascontiguousarray(metric.transpose(1, 2, 0))
+    return b.reshape((n_ref,) + stack.shape[1:]), metric.reshape((n_ref, n_ref) + stack.shape[1:])
+
+
+def joint_fractions(amounts, metric, angles_deg, center=None, tv_weight=1.0, eps=0.05,
+                    iterations=150, density_iterations=12, min_density=0.1, **_ignored):
+    """Fractions per voxel fitted to the projections of all energies at once, with a
+    spatial total-variation prior and the simplex constraint (``fit="joint"``).
+
+    The projections at energy k are ``sum_j A_kj P(d f_j)`` (d the density, f_j the fraction of
+    reference j, P the projector), so with the unconstrained spectral unmixing per ray
+    ``b = pinv(A) y`` the whole spectral least-squares misfit is ``sum_rays r^T (A^T A) r``,
+    ``r_j = P(d f_j) - b_j``: n_refs projections per iteration, not n_energies. Steps: the
+    density ``d`` by CGLS (``density_iterations``) on ``sum_j b_j`` (the best-determined
+    combination), clipped at 0; then FISTA on the fractions of the voxels whose density exceeds
+    ``min_density`` x its 99.5th percentile, minimising
+    ``sum r^T M r / (2 s^2) + tv_weight sum_j TV_eps(f_j)`` with every voxel's ``f`` projected
+    on the simplex (``f_j >= 0``, ``sum_j f_j = 1``); ``s^2`` the mean per-ray noise variance of
+    the misfit (``ray_variance``: photon statistics through the spectral fit's leverages), so
+    the weight is in units of the noise: the prior counts more where the data are noisier.
+    amounts : (n_refs, n_angles, rows, cols); metric : (n_refs, n_refs) ``A^T A``.
+    Returns ``(fractions (n_refs, rows, n, n), density (rows, n, n), info)``.
+    """
+    from ..reconstruction.geometry import TiltGeometry
+    from ..reconstruction.iterative import Operator, cgls
+
+    xp = backend.xp_of(amounts)
+    b = xp.asarray(amounts, dtype=xp.float32)
+    n_ref, n_a, n_rows, n_cols = b.shape
+    angles = np.asarray(angles_deg, np.float64)
+    dens = xp.maximum(cgls(b.sum(axis=0), angles, center=center, iterations=int(density_iterations)), 0)
+    op = Operator(TiltGeometry(angles, n_rows, n_cols, center=center), n_cols, xp)
+    top = float(xp.percentile(dens, 99.5)) if dens.size else 0.0
+    support = (dens > min_density * top).astype(xp.float32)
+    m = xp.asarray(metric, dtype=xp.float32)  # (n_ref, n_ref, n_a, rows, cols)
+    m_top = float(xp.max(xp.einsum("ii...->...", m)))  # trace >= largest eigenvalue, every ray
+    lip = m_top * op.norm() ** 2 * float(dens.max()) ** 2 + tv_weight * 8.0 / eps
+    step = 1.0 / lip
+    # start: each reference's CGLS amount over the density, on the simplex
+    x0 = xp.stack([cgls(b[j], angles, center=center, iterations=int(density_iterations)) for j in range(n_ref)])
+    f = project_simplex(x0 / xp.where(dens > 0, dens, 1.0)[None])
+    y, t = f, 1.0
+    for _ in range(int(iterations)):
+        r = xp.stack([op.forward(dens * y[j]) for j in range(n_ref)]) - b  # (n_ref, n_a, rows, cols)
+        mr = (m * r[None]).sum(axis=1)
+        grad = xp.stack([dens * op.back(xp.ascontiguousarray(mr[j])) for j in range(n_ref)])
+        if tv_weight:
+            grad += xp.float32(tv_weight) * _tv_grad(y, eps)
+        nxt = project_simplex(y - xp.float32(step) * grad * support[None])
+        t_next = (1 + np.sqrt(1 + 4 * t * t)) / 2
+        y = (nxt + ((t - 1) / t_next) * (nxt - f)).astype(xp.float32)
+        f, t = nxt, t_next
+    f = f * support[None]
+    return f.astype(xp.float32), dens.astype(xp.float32), {"tv_weight": float(tv_weight),
+                                                           "fista_iterations": int(iterations)}
