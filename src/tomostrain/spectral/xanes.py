@@ -27,6 +27,9 @@ from ..gpu_core import backend
 EXACT_MAX_REFERENCES = 8
 #: cap of the discrepancy-stopped CGLS (slices whose residual never reaches the noise: model errors)
 MAX_DISCREPANCY_ITERATIONS = 30
+#: ``fit="joint"``: FISTA iterations and TV weight (noise units) of ``joint_fractions``
+JOINT_ITERATIONS = 150
+JOINT_TV_WEIGHT = 10.0
 
 
 def interpolate_references(references: dict, energies_eV) -> tuple[list[str], np.ndarray]:
@@ -231,7 +234,7 @@ def xanes_map_2d(transmission, energies_eV, references, **kw) -> XanesFit:
 
 
 def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, darks=None, options=None,
-                     method="fbp", fit="volume", backend_name="auto", stopping="discrepancy", refine_center=True,
+                     method="cgls", fit="joint", backend_name="auto", stopping="discrepancy", refine_center=True,
                      **recon):
     """TXM-XANES tomography -> ``(XanesFit over (n_rows, n_x, n_x), center, attenuation volumes)``.
 
@@ -575,8 +578,8 @@ def weighted_unmix(matrix, stack, weights=None):
     return b.reshape((n_ref,) + stack.shape[1:]), metric.reshape((n_ref, n_ref) + stack.shape[1:])
 
 
-def joint_fractions(amounts, metric, angles_deg, center=None, tv_weight=1.0, eps=0.05,
-                    iterations=150, density_iterations=12, min_density=0.1, **_ignored):
+def joint_fractions(amounts, metric, angles_deg, center=None, tv_weight=JOINT_TV_WEIGHT, eps=0.05,
+                    fista_iterations=JOINT_ITERATIONS, iterations=12, min_density=0.1, **_ignored):
     """Fractions per voxel fitted to the projections of all energies at once, with a
     spatial total-variation prior and the simplex constraint (``fit="joint"``).
 
@@ -600,20 +603,33 @@ def joint_fractions(amounts, metric, angles_deg, center=None, tv_weight=1.0, eps
     xp = backend.xp_of(amounts)
     b = xp.asarray(amounts, dtype=xp.float32)
     n_ref, n_a, n_rows, n_cols = b.shape
+    iterations = 12 if iterations is None else int(iterations)
     angles = np.asarray(angles_deg, np.float64)
-    dens = xp.maximum(cgls(b.sum(axis=0), angles, center=center, iterations=int(density_iterations)), 0)
+    dens = xp.maximum(cgls(b.sum(axis=0), angles, center=center, iterations=int(iterations)), 0)
     op = Operator(TiltGeometry(angles, n_rows, n_cols, center=center), n_cols, xp)
     top = float(xp.percentile(dens, 99.5)) if dens.size else 0.0
     support = (dens > min_density * top).astype(xp.float32)
     m = xp.asarray(metric, dtype=xp.float32)  # (n_ref, n_ref, n_a, rows, cols)
-    m_top = float(xp.max(xp.einsum("ii...->...", m)))  # trace >= largest eigenvalue, every ray
-    lip = m_top * op.norm() ** 2 * float(dens.max()) ** 2 + tv_weight * 8.0 / eps
-    step = 1.0 / lip
+
+    def normal(v):  # the data term's Hessian D P^T M P D on the support, applied to v
+        r = xp.stack([op.forward(dens * v[j]) for j in range(n_ref)])
+        mr = (m * r[None]).sum(axis=1)
+        return xp.stack([dens * op.back(xp.ascontiguousarray(mr[j])) for j in range(n_ref)]) * support[None]
+
+    v = xp.ones((n_ref,) + dens.shape, xp.float32) * support[None]
+    lip_data = 0.0
+    for _ in range(12):  # power iteration (a non-negative operator: a positive start converges)
+        v = normal(v)
+        lip_data = float(xp.sqrt(xp.sum(v.astype(xp.float64) ** 2)))
+        if lip_data == 0.0:
+            break
+        v = v / lip_data
+    step = 1.0 / (1.05 * lip_data + tv_weight * 8.0 / eps)
     # start: each reference's CGLS amount over the density, on the simplex
-    x0 = xp.stack([cgls(b[j], angles, center=center, iterations=int(density_iterations)) for j in range(n_ref)])
+    x0 = xp.stack([cgls(b[j], angles, center=center, iterations=int(iterations)) for j in range(n_ref)])
     f = project_simplex(x0 / xp.where(dens > 0, dens, 1.0)[None])
     y, t = f, 1.0
-    for _ in range(int(iterations)):
+    for _ in range(int(fista_iterations)):
         r = xp.stack([op.forward(dens * y[j]) for j in range(n_ref)]) - b  # (n_ref, n_a, rows, cols)
         mr = (m * r[None]).sum(axis=1)
         grad = xp.stack([dens * op.back(xp.ascontiguousarray(mr[j])) for j in range(n_ref)])
@@ -625,4 +641,4 @@ def joint_fractions(amounts, metric, angles_deg, center=None, tv_weight=1.0, eps
         f, t = nxt, t_next
     f = f * support[None]
     return f.astype(xp.float32), dens.astype(xp.float32), {"tv_weight": float(tv_weight),
-                                                           "fista_iterations": int(iterations)}
+                                                           "fista_iterations": int(fista_iterations)}
