@@ -11,7 +11,12 @@ Tomography (``xanes_tomography``): the X-ray chain of ``reconstruction.preproces
 energy with one centre found once (on the energy-summed attenuation), a reconstruction per
 energy, then the fit per voxel (``fit="volume"``), or the fit per projection pixel first and a
 reconstruction of each reference's amount (``fit="projection"``: 2 reconstructions instead of
-n_energies, and the non-negativity acts on the projected amounts).
+n_energies, and the non-negativity acts on the projected amounts), or (``fit="joint"``, the
+default) the fractions fitted to every energy's projections at once: per-ray inverse-variance
+spectral unmixing (``weighted_unmix``: photon-starved energies, e.g. at the white line through a
+thick particle, count little), the density by CGLS, then FISTA on the fractions with the simplex
+constraint per voxel and a smoothed-TV prior (``joint_fractions``). The centre found by Vo's
+search is refined by data consistency (``reconstruction.preprocess.refine_center``).
 """
 from __future__ import annotations
 
@@ -242,8 +247,13 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
     flats : (n_energies, n_flats, rows, cols) or (n_flats, rows, cols) shared; darks (n, rows, cols)
     options : ``reconstruction.preprocess.XrayOptions`` for every energy; its ``center`` ("auto"
         or a column) is resolved once, on the attenuation summed over energies
-    fit : "volume" (reconstruct every energy, fit per voxel) or "projection" (fit per
-        projection pixel, reconstruct each reference's amount)
+    fit : "joint" (default; ``joint_fractions`` on the photon-weighted unmixed projections;
+        ``method`` is not used, ``iterations`` is the density's CGLS count, default 12, and
+        ``tv_weight``, ``fista_iterations`` pass through), "volume" (reconstruct every energy,
+        fit per voxel) or "projection" (fit per projection pixel, reconstruct each reference's
+        amount)
+    refine_center : with ``options.center == "auto"`` and the "vo" method, refine the found
+        column by the CGLS residual (``refine_center``; Vo's search steps 0.25 px)
     stopping : with ``method="cgls"``, ``fit="projection"`` and no ``iterations`` given:
         "discrepancy" stops CGLS per slice and per reference where the residual reaches the
         noise of the projected amounts (``discrepancy_cgls``; the noise from the counts' photon
