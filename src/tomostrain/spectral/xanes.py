@@ -318,11 +318,16 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
     stack = xp.stack(att)  # (n_e, n_angles, rows, cols)
     if fit == "joint":
         weights = None if len(energy_var) != e.size else xp.stack([1.0 / xp.maximum(v, 1e-12) for v in energy_var])
+        info_rings = {}
+        if recon.get("ring_offsets", True):
+            stack, offsets = spectral_ring_offsets(matrix, stack, weights)
+            if offsets is not None:
+                info_rings = {"ring_offset_rms": float(xp.sqrt(xp.mean(offsets.astype(xp.float64) ** 2)))}
         b, metric = weighted_unmix(matrix, stack, weights)
         frac, dens, info = joint_fractions(b, metric, angles, center=center, **recon)
         spectra = xp.tensordot(xp.asarray(matrix, dtype=xp.float32), frac * dens[None], axes=(1, 0))
         result = fit_spectra(spectra, e, references)
-        result.meta.update(info)
+        result.meta.update(info, **info_rings)
         return result, center, spectra
     coef = nnls(matrix, stack.reshape(e.size, -1))
     amounts = coef.reshape((len(names),) + stack.shape[1:]).astype(xp.float32)
@@ -557,6 +562,32 @@ def _tv_grad(f, eps):
     out[..., :, :-1] -= px[..., :, :-1]
     out[..., :, 1:] += px[..., :, :-1]
     return out
+
+
+def spectral_ring_offsets(matrix, stack, weights=None):
+    """Remove per-detector-pixel offsets that are flat across energies (rings) -> ``(stack, offsets)``.
+
+    A gain error of a detector pixel that the flats miss adds ``-log(1 + g)`` to that pixel's
+    attenuation at every angle and every energy: a flat spectrum, which no mixture of the
+    references makes (checked: ``[A, 1]`` must have full rank, else nothing is done and
+    ``offsets`` is None). Each ray is fitted with ``[A, 1]`` (``weighted_unmix``); the flat
+    part, averaged over the angles with its inverse variance as weight, is the pixel's offset
+    (rows, cols), subtracted from every energy and angle. Without rings the flat part of a ray
+    is noise only (the object's spectra lie in the references' span), so the average is ~0.
+    stack : (n_energies, n_angles, rows, cols); weights : like ``weighted_unmix``.
+    """
+    xp = backend.xp_of(stack)
+    a = np.asarray(matrix, np.float64)
+    a1 = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
+    if a.shape[0] <= a1.shape[1] or np.linalg.matrix_rank(a1) < a1.shape[1]:
+        return stack, None
+    b1, m1 = weighted_unmix(a1, stack, weights)
+    k = a.shape[1]
+    mm = xp.moveaxis(m1.reshape(k + 1, k + 1, -1), -1, 0).astype(xp.float64)
+    prec = 1.0 / xp.maximum(xp.linalg.inv(mm)[:, k, k], 1e-30)  # 1 / var of the flat part, per ray
+    prec = prec.reshape(stack.shape[1:]).astype(xp.float32)
+    offsets = (prec * b1[k]).sum(axis=0) / xp.maximum(prec.sum(axis=0), 1e-30)  # (rows, cols)
+    return (stack - offsets[None, None]).astype(xp.float32), offsets.astype(xp.float32)
 
 
 def weighted_unmix(matrix, stack, weights=None):
