@@ -269,6 +269,7 @@ def test_sure_cgls_picks_the_iterate_of_least_predictive_risk():
     (96, 2e4, 8, -5.5, (4.0, 6.0), {}),  # Vo was 0.25 px off: 0.064 with the per-pixel fit and 12 iterations
     (96, 1e4, 3, 2.5, (3.0, 4.0), {}),  # photon-starved white line: 0.052 with the per-pixel fit
     (64, 7e3, 33, 3.6, (3.0, 4.0), {"angles_deg": np.linspace(0, 180, 90, endpoint=False), "n_metal": 4}),
+    (72, 3e4, 42, -1.1, (3.0, 4.0), {"ring_error": 0.03}),  # 3x the rings: per-pixel fit 0.062
 ])
 def test_xanes_joint_default_over_variants(n, photons, seed, offset, metal, extra):
     """The default (``fit="joint"``, centre found and refined): fractions RMSE <= 0.05 in the
@@ -329,3 +330,25 @@ def test_weighted_unmix_and_simplex_projection():
     np.testing.assert_allclose(got.sum(0), 1, atol=1e-6)
     two = project_simplex(pts[:2])
     np.testing.assert_allclose(two, project_simplex(np.concatenate([pts[:2], np.full((1, 50), -50.0)]))[:2], atol=1e-6)
+
+
+def test_spectral_ring_offsets_recover_flat_per_pixel_offsets():
+    """Offsets flat across energies and constant over angles come back (within 10 % of their
+    spread); without them the estimate is noise-sized, so the object is left alone."""
+    from tomostrain.spectral.xanes import spectral_ring_offsets
+
+    rng = np.random.default_rng(8)
+    e = np.linspace(8300, 8400, 15)
+    refs = nickel_references(e)
+    a = np.stack([refs["Ni"], refs["NiO"]], 1)
+    amounts = rng.uniform(0, 3, (2, 60, 3, 40))
+    clean = np.tensordot(a, amounts, axes=(1, 0))
+    ring = rng.normal(0, 0.02, (3, 40))
+    sigma = 0.01
+    noise = sigma * rng.normal(size=clean.shape)
+    w = np.full(clean.shape, 1 / sigma ** 2)
+    _, got = spectral_ring_offsets(a, (clean + ring + noise).astype(np.float32), w)
+    assert np.sqrt(np.mean((got - ring) ** 2)) < 0.1 * ring.std()
+    _, none = spectral_ring_offsets(a, (clean + noise).astype(np.float32), w)
+    assert np.sqrt(np.mean(none ** 2)) < 0.1 * ring.std() and np.abs(none).max() < 0.2 * ring.std()
+    assert spectral_ring_offsets(a[:3], clean[:3], w[:3])[1] is None  # 3 energies: no flat part is left to see
