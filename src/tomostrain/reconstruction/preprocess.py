@@ -505,7 +505,7 @@ def refine_center(attenuation, angles_deg, center, span=0.4, step=0.1, iteration
     minimum is located by a parabola through the least sample and its neighbours.
     ``rows``: the detector rows used (default: all up to 8 rows, else 5 around the middle third).
     Vo's search (``find_center``) works in 0.25-px steps and was 0.1-0.25 px off on 7 of 16 TXM
-    variants; this brought all 16 within 0.06 px (``docs/design.md``, XANES notes).
+    variants; refined, 6 of those came within 0.06 px (``docs/design.md``, XANES notes).
     """
     from .iterative import cgls
 
