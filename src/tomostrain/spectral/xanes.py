@@ -301,16 +301,9 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
                 amount_var[j] += xp.float32(unmix[j, i]) * v
     e = e[order]
     if wanted == "auto":
-        # energies weighted by their inverse median noise variance when it is known (a scalar
-        # per energy keeps the sum a projection of one volume): starved energies count less
-        if len(energy_var) == e.size:
-            w = np.array([1.0 / max(float(xp.median(v)), 1e-12) for v in energy_var])
-            w = w * (w.size / w.sum())
-        else:
-            w = np.ones(e.size)
-        total = att[0] * xp.float32(w[0])
-        for wk, a in zip(w[1:], att[1:]):
-            total += xp.float32(wk) * a
+        total = att[0].copy()
+        for a in att[1:]:
+            total += a
         center = find_center(total, angles, opt.center_method)
         if refine_center and opt.center_method == "vo":
             center = refine_axis(total, angles, center)
