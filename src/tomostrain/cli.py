@@ -155,11 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--zingers", type=float, default=0.5, metavar="THRESHOLD", help="zinger threshold (default 0.5)")
     x.add_argument("--beam-background", type=int, default=None, metavar="COLS",
                    help="air columns on each side for beam normalisation (default n_cols // 16)")
-    x.add_argument("--method", default="cgls", choices=["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv"])
+    x.add_argument("--method", default="cgls", choices=["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv"],
+                   help="reconstruction of --fit projection|volume (the joint fit uses CGLS for the density)")
     x.add_argument("--iterations", type=int, default=12,
-                   help="iterations of iterative methods (default 12: early stopping regularises the noise)")
-    x.add_argument("--fit", default="projection", choices=["projection", "volume"],
-                   help="fit per projection pixel then reconstruct the amounts (default), or per voxel")
+                   help="iterations of iterative methods, and of the joint fit's density CGLS (default 12: "
+                        "early stopping regularises the noise)")
+    x.add_argument("--fit", default="joint", choices=["joint", "projection", "volume"],
+                   help="joint: fractions fitted to every energy's projections at once, photon-weighted, with a "
+                        "TV prior (default); projection: fit per projection pixel then reconstruct the amounts; "
+                        "volume: reconstruct every energy, fit per voxel")
     x.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
 
     s = sub.add_parser("stem", help="calibrate a 4D-STEM scan, find Bragg disks, map strain and phases")

@@ -396,7 +396,7 @@ def _xray_series(input, center, center_method, voxel_size_nm, rings=None, zinger
 
 @safety.entry_point
 def xanes(input, output, *, references, center="auto", rings=None, zingers=0.5, beam_background=None,
-          method="cgls", iterations=12, fit="projection", center_method="vo", backend="auto", command="",
+          method="cgls", iterations=12, fit="joint", center_method="vo", backend="auto", command="",
           job: Job | None = None) -> Path | None:
     """TXM-XANES tomography (or 2-D XANES mapping when the scan has a single angle) of a raw
     DXchange file (or a list of per-energy files) to per-voxel fractions of the reference
@@ -404,10 +404,12 @@ def xanes(input, output, *, references, center="auto", rings=None, zingers=0.5, 
 
     Every energy is preprocessed (zingers, flat/dark, beam normalisation from ``beam_background``
     columns each side, default ``max(2, n_cols // 16)``, optional rings), one centre is found on
-    the energy-summed attenuation (``center="auto"``) or taken as given, and ``fit`` chooses
-    "projection" (NNLS per projection pixel, then one ``method`` reconstruction per reference:
-    measured as accurate as "volume" and n_energies / n_references times cheaper) or "volume".
-    """
+    the energy-summed attenuation (``center="auto"``; Vo's search refined by the CGLS residual)
+    or taken as given, and ``fit`` chooses "joint" (the default: per-ray inverse-variance
+    spectral unmixing, the density by CGLS with ``iterations``, the fractions fitted to all
+    energies' projections at once on the simplex with a TV prior; ``method`` is not used),
+    "projection" (NNLS per projection pixel, then one ``method`` reconstruction per reference)
+    or "volume" (a reconstruction per energy, NNLS per voxel)."""
     from .reconstruction.preprocess import XrayOptions, flat_dark_correct, normalize_beam
     from .spectral.xanes import xanes_map_2d, xanes_tomography
 

@@ -153,7 +153,7 @@ class XanesOptions(Section):
     beam_background: Optional[Annotated[int, Field(ge=1)]] = Field(None, **_cli("--beam-background"))
     method: Literal["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv"] = "cgls"
     iterations: Count = 12
-    fit: Literal["projection", "volume"] = "projection"
+    fit: Literal["joint", "projection", "volume"] = "joint"
 
 
 class KineticsOptions(Section):

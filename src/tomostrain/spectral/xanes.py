@@ -11,7 +11,12 @@ Tomography (``xanes_tomography``): the X-ray chain of ``reconstruction.preproces
 energy with one centre found once (on the energy-summed attenuation), a reconstruction per
 energy, then the fit per voxel (``fit="volume"``), or the fit per projection pixel first and a
 reconstruction of each reference's amount (``fit="projection"``: 2 reconstructions instead of
-n_energies, and the non-negativity acts on the projected amounts).
+n_energies, and the non-negativity acts on the projected amounts), or (``fit="joint"``, the
+default) the fractions fitted to every energy's projections at once: per-ray inverse-variance
+spectral unmixing (``weighted_unmix``: photon-starved energies, e.g. at the white line through a
+thick particle, count little), the density by CGLS, then FISTA on the fractions with the simplex
+constraint per voxel and a smoothed-TV prior (``joint_fractions``). The centre found by Vo's
+search is refined by data consistency (``reconstruction.preprocess.refine_center``).
 """
 from __future__ import annotations
 
@@ -27,6 +32,9 @@ from ..gpu_core import backend
 EXACT_MAX_REFERENCES = 8
 #: cap of the discrepancy-stopped CGLS (slices whose residual never reaches the noise: model errors)
 MAX_DISCREPANCY_ITERATIONS = 30
+#: ``fit="joint"``: FISTA iterations and TV weight (noise units) of ``joint_fractions``
+JOINT_ITERATIONS = 150
+JOINT_TV_WEIGHT = 10.0
 
 
 def interpolate_references(references: dict, energies_eV) -> tuple[list[str], np.ndarray]:
@@ -231,15 +239,21 @@ def xanes_map_2d(transmission, energies_eV, references, **kw) -> XanesFit:
 
 
 def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, darks=None, options=None,
-                     method="fbp", fit="volume", backend_name="auto", stopping="discrepancy", **recon):
+                     method="cgls", fit="joint", backend_name="auto", stopping="discrepancy", refine_center=True,
+                     **recon):
     """TXM-XANES tomography -> ``(XanesFit over (n_rows, n_x, n_x), center, attenuation volumes)``.
 
     data : (n_energies, n_angles, rows, cols) raw counts (or transmission when ``flats`` is None)
     flats : (n_energies, n_flats, rows, cols) or (n_flats, rows, cols) shared; darks (n, rows, cols)
     options : ``reconstruction.preprocess.XrayOptions`` for every energy; its ``center`` ("auto"
         or a column) is resolved once, on the attenuation summed over energies
-    fit : "volume" (reconstruct every energy, fit per voxel) or "projection" (fit per
-        projection pixel, reconstruct each reference's amount)
+    fit : "joint" (default; ``joint_fractions`` on the photon-weighted unmixed projections;
+        ``method`` is not used, ``iterations`` is the density's CGLS count, default 12, and
+        ``tv_weight``, ``fista_iterations`` pass through), "volume" (reconstruct every energy,
+        fit per voxel) or "projection" (fit per projection pixel, reconstruct each reference's
+        amount)
+    refine_center : with ``options.center == "auto"`` and the "vo" method, refine the found
+        column by the CGLS residual (``refine_center``; Vo's search steps 0.25 px)
     stopping : with ``method="cgls"``, ``fit="projection"`` and no ``iterations`` given:
         "discrepancy" stops CGLS per slice and per reference where the residual reaches the
         noise of the projected amounts (``discrepancy_cgls``; the noise from the counts' photon
@@ -251,9 +265,10 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
     """
     from ..reconstruction import reconstruct
     from ..reconstruction.preprocess import XrayOptions, find_center, preprocess_xray
+    from ..reconstruction.preprocess import refine_center as refine_axis
 
-    if fit not in ("volume", "projection"):
-        raise InputError(f"fit must be 'volume' or 'projection', got {fit!r}")
+    if fit not in ("volume", "projection", "joint"):
+        raise InputError(f"fit must be 'volume', 'projection' or 'joint', got {fit!r}")
     xp = backend.xp_of(data)
     d = xp.asarray(data)
     if d.ndim != 4:
@@ -271,11 +286,13 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
                  and recon.get("iterations") is None)
     names_p, matrix_p = interpolate_references(references, e[order]) if auto_stop else (None, None)
     unmix = np.linalg.pinv(matrix_p) ** 2 if auto_stop else None  # var(amount_j) = sum_k P_jk^2 var_k
-    att, amount_var = [], None
+    att, amount_var, energy_var = [], None, []
     for i, k in enumerate(order):  # one energy at a time: a loop over energies, not voxels
         f = None if flats is None else (flats[k] if np.ndim(flats) == 4 else flats)
         a, angles, _ = preprocess_xray(d[k], angles_deg, f, darks, options=step_opt)
         att.append(a)
+        if fit == "joint" and f is not None and not opt.fold_360 and not opt.paganin:
+            energy_var.append(attenuation_variance(d[k], f, darks).astype(xp.float32))
         if auto_stop and f is not None and not opt.fold_360 and not opt.paganin:
             v = attenuation_variance(d[k], f, darks).astype(xp.float32)
             if amount_var is None:
@@ -288,6 +305,8 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
         for a in att[1:]:
             total += a
         center = find_center(total, angles, opt.center_method)
+        if refine_center and opt.center_method == "vo":
+            center = refine_axis(total, angles, center)
     else:
         center = None if wanted is None else float(wanted)
     if fit == "volume":
@@ -297,6 +316,19 @@ def xanes_tomography(data, angles_deg, energies_eV, references, flats=None, dark
         return result, center, vols
     names, matrix = interpolate_references(references, e)
     stack = xp.stack(att)  # (n_e, n_angles, rows, cols)
+    if fit == "joint":
+        weights = None if len(energy_var) != e.size else xp.stack([1.0 / xp.maximum(v, 1e-12) for v in energy_var])
+        info_rings = {}
+        if recon.get("ring_offsets", True):
+            stack, offsets = spectral_ring_offsets(matrix, stack, weights)
+            if offsets is not None:
+                info_rings = {"ring_offset_rms": float(xp.sqrt(xp.mean(offsets.astype(xp.float64) ** 2)))}
+        b, metric = weighted_unmix(matrix, stack, weights)
+        frac, dens, info = joint_fractions(b, metric, angles, center=center, **recon)
+        spectra = xp.tensordot(xp.asarray(matrix, dtype=xp.float32), frac * dens[None], axes=(1, 0))
+        result = fit_spectra(spectra, e, references)
+        result.meta.update(info, **info_rings)
+        return result, center, spectra
     coef = nnls(matrix, stack.reshape(e.size, -1))
     amounts = coef.reshape((len(names),) + stack.shape[1:]).astype(xp.float32)
     if auto_stop:
@@ -492,3 +524,162 @@ def sure_cgls(projections, variance, angles_deg, center=None, max_iterations=MAX
         best_risk = xp.where(better, risk, best_risk)
         best_it = xp.where(better, it + 1, best_it)
     return best, best_it
+
+
+# ------------------------------------------------------------- joint fraction reconstruction
+def project_simplex(f):
+    """Euclidean projection of every column ``f[:, ...]`` (axis 0: the references) onto the
+    probability simplex ``{f >= 0, sum f = 1}`` (sort-based, vectorised over the points)."""
+    xp = backend.xp_of(f)
+    n = f.shape[0]
+    if n == 1:
+        return xp.ones_like(f)
+    if n == 2:
+        a = xp.clip((f[0] - f[1] + 1) / 2, 0, 1)
+        return xp.stack([a, 1 - a])
+    u = -xp.sort(-f, axis=0)
+    css = xp.cumsum(u, axis=0) - 1
+    k = xp.arange(1, n + 1, dtype=f.dtype).reshape((n,) + (1,) * (f.ndim - 1))
+    cond = u - css / k > 0
+    rho = n - 1 - xp.argmax(cond[::-1], axis=0)  # last index where cond holds
+    theta = xp.take_along_axis(css, rho[None], axis=0)[0] / (rho + 1).astype(f.dtype)
+    return xp.maximum(f - theta[None], 0)
+
+
+def _tv_grad(f, eps):
+    """Gradient of the smoothed total variation ``sum sqrt(|grad f|^2 + eps^2)`` of every slice
+    (forward differences along z and x, Neumann boundary) of ``f`` (..., rows, n, n)."""
+    xp = backend.xp_of(f)
+    gz = xp.zeros_like(f)
+    gx = xp.zeros_like(f)
+    gz[..., :-1, :] = f[..., 1:, :] - f[..., :-1, :]
+    gx[..., :, :-1] = f[..., :, 1:] - f[..., :, :-1]
+    norm = xp.sqrt(gz * gz + gx * gx + eps * eps)
+    pz, px = gz / norm, gx / norm
+    out = xp.zeros_like(f)
+    out[..., :-1, :] -= pz[..., :-1, :]
+    out[..., 1:, :] += pz[..., :-1, :]
+    out[..., :, :-1] -= px[..., :, :-1]
+    out[..., :, 1:] += px[..., :, :-1]
+    return out
+
+
+def spectral_ring_offsets(matrix, stack, weights=None):
+    """Remove per-detector-pixel offsets that are flat across energies (rings) -> ``(stack, offsets)``.
+
+    A gain error of a detector pixel that the flats miss adds ``-log(1 + g)`` to that pixel's
+    attenuation at every angle and every energy: a flat spectrum, which no mixture of the
+    references makes (checked: ``[A, 1]`` must have full rank, else nothing is done and
+    ``offsets`` is None). Each ray is fitted with ``[A, 1]`` (``weighted_unmix``); the flat
+    part, averaged over the angles with its inverse variance as weight, is the pixel's offset
+    (rows, cols), subtracted from every energy and angle. Without rings the flat part of a ray
+    is noise only (the object's spectra lie in the references' span), so the average is ~0.
+    stack : (n_energies, n_angles, rows, cols); weights : like ``weighted_unmix``.
+    """
+    xp = backend.xp_of(stack)
+    a = np.asarray(matrix, np.float64)
+    a1 = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
+    if a.shape[0] <= a1.shape[1] or np.linalg.matrix_rank(a1) < a1.shape[1]:
+        return stack, None
+    b1, m1 = weighted_unmix(a1, stack, weights)
+    k = a.shape[1]
+    mm = xp.moveaxis(m1.reshape(k + 1, k + 1, -1), -1, 0).astype(xp.float64)
+    prec = 1.0 / xp.maximum(xp.linalg.inv(mm)[:, k, k], 1e-30)  # 1 / var of the flat part, per ray
+    prec = prec.reshape(stack.shape[1:]).astype(xp.float32)
+    offsets = (prec * b1[k]).sum(axis=0) / xp.maximum(prec.sum(axis=0), 1e-30)  # (rows, cols)
+    return (stack - offsets[None, None]).astype(xp.float32), offsets.astype(xp.float32)
+
+
+def weighted_unmix(matrix, stack, weights=None):
+    """Per-ray spectral unmixing ``b = (A^T W A)^-1 A^T W y`` and its metric ``M = A^T W A``.
+
+    matrix : (n_energies, n_refs) A; stack : (n_energies, ...) attenuation y of every ray;
+    weights : (n_energies, ...) inverse noise variances W of y per ray (photon statistics), or
+    None: unweighted, with the noise variance from the misfit of the spectral fit (averaged over
+    the rays), ``W = 1 / s^2``. ``r^T M r`` with ``r = b_true - b`` is then chi-square with
+    n_refs degrees of freedom per ray. Returns ``(b (n_refs, ...), M (n_refs, n_refs, ...))``.
+    """
+    xp = backend.xp_of(stack)
+    a = np.asarray(matrix, np.float64)
+    n_e, n_ref = a.shape
+    y = xp.asarray(stack, dtype=xp.float32).reshape(n_e, -1)
+    if weights is None:
+        b = xp.asarray(np.linalg.pinv(a), dtype=xp.float32) @ y
+        misfit = ((xp.asarray(a, dtype=xp.float32) @ b - y) ** 2).sum(axis=0)
+        s2 = max(float(misfit.mean()) / max(n_e - n_ref, 1), 1e-20)
+        metric = xp.broadcast_to(xp.asarray(a.T @ a / s2, dtype=xp.float32)[:, :, None], (n_ref, n_ref, y.shape[1]))
+        return b.reshape((n_ref,) + stack.shape[1:]), metric.reshape((n_ref, n_ref) + stack.shape[1:])
+    w = xp.asarray(weights, dtype=xp.float32).reshape(n_e, -1)
+    ad = xp.asarray(a, dtype=xp.float32)
+    metric = xp.einsum("ki,kj,kp->pij", ad, ad, w)  # (points, n_ref, n_ref)
+    rhs = xp.einsum("ki,kp->pi", ad, w * y)
+    metric64 = metric.astype(xp.float64)
+    b = xp.linalg.solve(metric64, rhs.astype(xp.float64)[..., None])[..., 0].T.astype(xp.float32)
+    metric = xp.ascontiguousarray(metric.transpose(1, 2, 0))
+    return b.reshape((n_ref,) + stack.shape[1:]), metric.reshape((n_ref, n_ref) + stack.shape[1:])
+
+
+def joint_fractions(amounts, metric, angles_deg, center=None, tv_weight=JOINT_TV_WEIGHT, eps=0.05,
+                    fista_iterations=JOINT_ITERATIONS, iterations=12, min_density=0.1, **_ignored):
+    """Fractions per voxel fitted to the projections of all energies at once, with a
+    spatial total-variation prior and the simplex constraint (``fit="joint"``).
+
+    The projections at energy k are ``sum_j A_kj P(d f_j)`` (d the density, f_j the fraction of
+    reference j, P the projector), so with the unconstrained spectral unmixing per ray
+    ``b = pinv(A) y`` the whole spectral least-squares misfit is ``sum_rays r^T (A^T A) r``,
+    ``r_j = P(d f_j) - b_j``: n_refs projections per iteration, not n_energies. Steps: the
+    density ``d`` by CGLS (``density_iterations``) on ``sum_j b_j`` (the best-determined
+    combination), clipped at 0; then FISTA on the fractions of the voxels whose density exceeds
+    ``min_density`` x its 99.5th percentile, minimising
+    ``sum r^T M r / (2 s^2) + tv_weight sum_j TV_eps(f_j)`` with every voxel's ``f`` projected
+    on the simplex (``f_j >= 0``, ``sum_j f_j = 1``); ``s^2`` the mean per-ray noise variance of
+    the misfit (``ray_variance``: photon statistics through the spectral fit's leverages), so
+    the weight is in units of the noise: the prior counts more where the data are noisier.
+    amounts : (n_refs, n_angles, rows, cols); metric : (n_refs, n_refs) ``A^T A``.
+    Returns ``(fractions (n_refs, rows, n, n), density (rows, n, n), info)``.
+    """
+    from ..reconstruction.geometry import TiltGeometry
+    from ..reconstruction.iterative import Operator, cgls
+
+    xp = backend.xp_of(amounts)
+    b = xp.asarray(amounts, dtype=xp.float32)
+    n_ref, n_a, n_rows, n_cols = b.shape
+    iterations = 12 if iterations is None else int(iterations)
+    angles = np.asarray(angles_deg, np.float64)
+    dens = xp.maximum(cgls(b.sum(axis=0), angles, center=center, iterations=int(iterations)), 0)
+    op = Operator(TiltGeometry(angles, n_rows, n_cols, center=center), n_cols, xp)
+    top = float(xp.percentile(dens, 99.5)) if dens.size else 0.0
+    support = (dens > min_density * top).astype(xp.float32)
+    m = xp.asarray(metric, dtype=xp.float32)  # (n_ref, n_ref, n_a, rows, cols)
+
+    def normal(v):  # the data term's Hessian D P^T M P D on the support, applied to v
+        r = xp.stack([op.forward(dens * v[j]) for j in range(n_ref)])
+        mr = (m * r[None]).sum(axis=1)
+        return xp.stack([dens * op.back(xp.ascontiguousarray(mr[j])) for j in range(n_ref)]) * support[None]
+
+    v = xp.ones((n_ref,) + dens.shape, xp.float32) * support[None]
+    lip_data = 0.0
+    for _ in range(12):  # power iteration (a non-negative operator: a positive start converges)
+        v = normal(v)
+        lip_data = float(xp.sqrt(xp.sum(v.astype(xp.float64) ** 2)))
+        if lip_data == 0.0:
+            break
+        v = v / lip_data
+    step = 1.0 / (1.05 * lip_data + tv_weight * 8.0 / eps)
+    # start: each reference's CGLS amount over the density, on the simplex
+    x0 = xp.stack([cgls(b[j], angles, center=center, iterations=int(iterations)) for j in range(n_ref)])
+    f = project_simplex(x0 / xp.where(dens > 0, dens, 1.0)[None])
+    y, t = f, 1.0
+    for _ in range(int(fista_iterations)):
+        r = xp.stack([op.forward(dens * y[j]) for j in range(n_ref)]) - b  # (n_ref, n_a, rows, cols)
+        mr = (m * r[None]).sum(axis=1)
+        grad = xp.stack([dens * op.back(xp.ascontiguousarray(mr[j])) for j in range(n_ref)])
+        if tv_weight:
+            grad += xp.float32(tv_weight) * _tv_grad(y, eps)
+        nxt = project_simplex(y - xp.float32(step) * grad * support[None])
+        t_next = (1 + np.sqrt(1 + 4 * t * t)) / 2
+        y = (nxt + ((t - 1) / t_next) * (nxt - f)).astype(xp.float32)
+        f, t = nxt, t_next
+    f = f * support[None]
+    return f.astype(xp.float32), dens.astype(xp.float32), {"tv_weight": float(tv_weight),
+                                                           "fista_iterations": int(fista_iterations)}
