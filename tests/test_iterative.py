@@ -5,6 +5,7 @@ import pytest
 from tomostrain.errors import InputError
 from tomostrain.reconstruction import cgls, dart, os_sart, project, sirt, tv
 from tomostrain.reconstruction.dart import segment
+from tomostrain.reconstruction.iterative import NONNEGATIVE_DEFAULT
 
 
 def three_level(n, rows=1):
@@ -126,12 +127,18 @@ def test_support_nonnegativity_and_callback():
     b = fine_projection(vol, angles)
     support = np.abs(np.indices((24, 24)) - 11.5).max(0) < 10
     calls = []
-    x = sirt(b, angles, iterations=5, support=support, callback=lambda *a: calls.append(a[0]))
+    x = sirt(b, angles, iterations=5, support=support, nonnegative=True, callback=lambda *a: calls.append(a[0]))
     assert calls == list(range(5))
     assert (x[:, ~support] == 0).all() and x.min() >= 0
+    assert os_sart(b, angles, iterations=2, nonnegative=True).min() >= 0
     x = cgls(b, angles, iterations=5, support=support)
     assert (x[:, ~support] == 0).all()
-    assert sirt(b, angles, iterations=5, nonnegative=False).min() < 0  # limited angle: negative lobes
+    # the default is the plain (unconstrained) iteration, as ASTRA, TomoPy and ETSpy run SIRT
+    plain = sirt(b, angles, iterations=5)
+    assert plain.min() < 0  # limited angle: negative lobes
+    np.testing.assert_array_equal(plain, sirt(b, angles, iterations=5, nonnegative=False))
+    assert os_sart(b, angles, iterations=2).min() < 0
+    assert NONNEGATIVE_DEFAULT == {"sirt": False, "os_sart": False, "cgls": False, "tv": True}
 
 
 def test_bad_arguments():
