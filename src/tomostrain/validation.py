@@ -255,8 +255,8 @@ def _messages(section: str, model, exc: ValidationError, values: dict, lines: di
             msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "should be")
             shown = values.get(key, err.get("input")) if key else None
             what = (f"{key} = {shown!r}: {msg}" if key else msg)
-            flag = _field_extra(model, key).get("cli") or ("--" + key.replace("_", "-") if key != "input" else "")
-            if flag and lines is None:
+            flag = _field_extra(model, key).get("cli") or ("--" + key.replace("_", "-") if key not in ("input", "") else "")
+            if flag and key and lines is None:  # a rule across fields (a model validator) names no key
                 what = f"{key} = {shown!r} (option {flag}): {msg}"
         line = (lines or {}).get(key)
         prefix = f"{where} line {line}: " if line else (f"{where}: " if where else "")
