@@ -254,8 +254,6 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
         params["tomo"]["nonnegative"] = bool(nonnegative)
     own = job is None
     job = job or Job(Path(output), command, params, backend)
-    if nonnegative is not None and isinstance(job.provenance["parameters"].get("tomo"), dict):
-        job.provenance["parameters"]["tomo"]["nonnegative"] = bool(nonnegative)  # a job file: the value used
     if align and own:  # OUT.xf / OUT.tlt are written too: never over an input (an .ali's .tlt)
         for side in (job.out.with_suffix(".xf"), job.out.with_suffix(".tlt")):
             safety.check_output(side, job.inputs)
@@ -908,6 +906,12 @@ def run_job(path, command: str = "", cluster=None) -> Path:
     base = path.parent
     settings = spec.get("job", {})
     sections = {k: dict(spec[k]) for k in validation.WORK_SECTIONS if k in spec}
+    tomo_section = sections.get("tomo")
+    if (tomo_section and tomo_section.get("nonnegative") is None
+            and tomo_section["method"] in validation.NONNEGATIVE_METHODS):
+        from .reconstruction.iterative import NONNEGATIVE_DEFAULT
+
+        tomo_section["nonnegative"] = NONNEGATIVE_DEFAULT[tomo_section["method"]]  # the value used, in /provenance
     for name, section in sections.items():
         for key in validation.path_fields(name):  # relative paths are taken from the job file's folder
             value = section.get(key)

@@ -23,7 +23,7 @@ For a given tilt-axis angle ``a`` the shifts come from four steps (``_shifts_at`
    ``C + A cos(theta) + B sin(theta)``; each projection's deviation from the fitted sinusoid is
    removed, so the rotation axis lands on the image centre.
 
-Then ``refine`` rounds of **projection matching**: reconstruct the aligned series (SIRT, on
+Then ``refine`` rounds of **projection matching**: reconstruct the aligned series (non-negative SIRT, on
 projections binned to at most ``MATCH_SIZE`` pixels, each scaled to the mean mass in the common
 field), reproject it and move each projection onto its reprojection (tapered-mask FFT
 cross-correlation, parabolic sub-pixel peak). The last round's corrections are the per-image
@@ -95,7 +95,7 @@ _CANDIDATES = 3       # local minima of the common-line scan searched locally
 _SEARCH_ITERATIONS = 10  # SIRT iterations of each reconstruction in the tilt-axis search
 PROFILE_STEP_DEG = 2.0  # grid of the all-direction profile-spread scan
 PROFILE_DECISIVE = 0.25  # the profile spread decides when its deepest point is below this x its median
-MATCH_NONNEGATIVE = True
+MATCH_NONNEGATIVE = True  # projection matching reconstructs non-negative (unconstrained measured worse)
 EDGE_SHARE = 0.02     # an object with more than this share of its mass at the borders leaves the field
 
 
