@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", default="fbp", choices=["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv", "dart"])
     t.add_argument("--iterations", type=int, default=None, help="iterations of iterative methods")
     t.add_argument("--nonnegative", action=argparse.BooleanOptionalAction, default=None,
-                   help="sirt, os_sart, cgls, tv: clip the volume at 0 in every iteration (--no-nonnegative: "
+                   help="sirt, os_sart, tv: clip the volume at 0 in every iteration, cgls: at the end (--no-nonnegative: "
                         "don't); default the solver's: unconstrained SIRT/OS-SART/CGLS (as ASTRA, TomoPy, "
                         "ETSpy), constrained TV")
     t.add_argument("--center", type=_center, default=None,
