@@ -907,11 +907,11 @@ def run_job(path, command: str = "", cluster=None) -> Path:
     settings = spec.get("job", {})
     sections = {k: dict(spec[k]) for k in validation.WORK_SECTIONS if k in spec}
     tomo_section = sections.get("tomo")
-    if (tomo_section and tomo_section.get("nonnegative") is None
-            and tomo_section["method"] in validation.NONNEGATIVE_METHODS):
+    tomo_method = (tomo_section or {}).get("method", validation.TomoOptions.model_fields["method"].default)
+    if tomo_section and tomo_section.get("nonnegative") is None and tomo_method in validation.NONNEGATIVE_METHODS:
         from .reconstruction.iterative import NONNEGATIVE_DEFAULT
 
-        tomo_section["nonnegative"] = NONNEGATIVE_DEFAULT[tomo_section["method"]]  # the value used, in /provenance
+        tomo_section["nonnegative"] = NONNEGATIVE_DEFAULT[tomo_method]  # the value used, in /provenance
     for name, section in sections.items():
         for key in validation.path_fields(name):  # relative paths are taken from the job file's folder
             value = section.get(key)
