@@ -6,8 +6,10 @@ tomostrain runs as a user runs it, file in and result file out::
 
 (no tilt-axis hint: angles from the file, detector offset removed by the reader). Beside it, ASTRA
 CPU SIRT-50 (the reconstruction ETSpy's CPU path runs) reconstructs the same aligned sinograms,
-two slices in parallel as ETSpy runs them (a pool of 2 processes, one 2-D SIRT per slice, linear
-projector, non-negativity as tomostrain's SIRT). ASTRA runs on ``peer_slices`` slices spread over
+two slices in parallel as ETSpy runs them (a pool of 2 processes, one 2-D SIRT per slice), with
+what ETSpy's ``recon.run`` gives ASTRA by default: the "strip" projector and no MinConstraint
+(``constrain=False``), i.e. unconstrained, as tomostrain's default SIRT. Projector and constraint
+are recorded in the JSON. ASTRA runs on ``peer_slices`` slices spread over
 the volume and its time is scaled to all 256 slices (slices are independent, so that is what the
 full run costs); the ratio is ASTRA's SIRT alone over tomostrain's whole job, alignment included.
 Both NRMSEs (``reconstruction.reprojection_nrmse``) are given on the peer's slices, and
@@ -18,6 +20,7 @@ s, from issue 9) is recorded for reference.
 """
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -35,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("TOMOSTRAIN_SHARED_DATA", ROOT.parent / "shared" / "data")) / "etspy" / "HAADF.mrc"
 ITERATIONS = 50
 ETSPY_REPORTED_S = 590.0   # ETSpy align + ASTRA CPU SIRT-50, 2 cores (issue 9)
+PEER_PROJECTOR = "strip"   # ETSpy recon.run: astra.create_projector("strip", ...) on the CPU
+PEER_MIN_CONSTRAINT = None  # ETSpy recon.run(constrain=False): no MinConstraint (unconstrained SIRT)
 
 
 def _astra_slice(args):
@@ -45,11 +50,12 @@ def _astra_slice(args):
     n = sino.shape[1]
     vol_geom = astra.create_vol_geom(n, n)
     proj_geom = astra.create_proj_geom("parallel", 1.0, n, -np.radians(angles_deg))
-    pid = astra.create_projector("linear", proj_geom, vol_geom)
+    pid = astra.create_projector(PEER_PROJECTOR, proj_geom, vol_geom)
     sid = astra.data2d.create("-sino", proj_geom, np.ascontiguousarray(sino, np.float32))
     rid = astra.data2d.create("-vol", vol_geom, 0)
     cfg = astra.astra_dict("SIRT")
-    cfg.update(ReconstructionDataId=rid, ProjectionDataId=sid, ProjectorId=pid, option={"MinConstraint": 0.0})
+    options = {} if PEER_MIN_CONSTRAINT is None else {"MinConstraint": float(PEER_MIN_CONSTRAINT)}
+    cfg.update(ReconstructionDataId=rid, ProjectionDataId=sid, ProjectorId=pid, option=options)
     alg = astra.algorithm.create(cfg)
     astra.algorithm.run(alg, iterations)
     out = astra.data2d.get(rid).astype(np.float32)
@@ -101,6 +107,8 @@ def run(out_dir, quick: bool = False, backend: str = "cpu", keep: str | None = N
     series = io.read_tilt_series(DATA)
     angles = np.asarray(found["angles_deg"])
     ours_nrmse = reprojection_nrmse(series, alignment, volume)
+    params = results.get("provenance", {}).get("@attrs", {}).get("parameters", "{}")
+    nonnegative = (json.loads(params) if isinstance(params, str) else params).get("tomo", {}).get("nonnegative")
     steps = {k: v for k, v in results.get("provenance", {}).get("@attrs", {}).items() if "second" in k or "step" in k}
 
     aligned = alignment.apply(series)                      # the same aligned sinograms for ASTRA
@@ -118,10 +126,12 @@ def run(out_dir, quick: bool = False, backend: str = "cpu", keep: str | None = N
                 "processes) / 2 is the wall time the same work takes on 2 idle cores",
         "tomostrain": {"seconds": ours_s, "cpu_seconds": ours_cpu, "nrmse": ours_nrmse, "nrmse_on_peer_slices":
                        _nrmse(sub, np.ascontiguousarray(volume[rows]), angles, alignment.center),
-                       "tilt_axis_deg": alignment.tilt_axis_deg, "provenance_steps": steps},
+                       "tilt_axis_deg": alignment.tilt_axis_deg, "nonnegative": nonnegative,
+                       "provenance_steps": steps},
         "astra_cpu_sirt_2_processes": {"seconds_scaled_to_all_slices": astra_s,
                                        "cpu_seconds_scaled_to_all_slices": astra_cpu, "slices_run": int(len(rows)),
                                        "nrmse_on_peer_slices": _nrmse(sub, astra_vol, angles, alignment.center),
+                                       "projector": PEER_PROJECTOR, "min_constraint": PEER_MIN_CONSTRAINT,
                                        "version": version_of("astra")},
         "etspy_reported_seconds": ETSPY_REPORTED_S,
         "ratios": {"astra_sirt_over_tomostrain_job": astra_s / ours_s,

@@ -69,7 +69,7 @@ def test_swap_last_and_volume_layouts_round_trip(rng):
     assert np.array_equal(K.volume_from_rows_last(t), v)
 
 
-def _reference_sirt(b, geo, n_x, iterations, mask=None):
+def _reference_sirt(b, geo, n_x, iterations, mask=None, nonnegative=False):
     """SIRT in the public layout with plain array expressions (the GPU code path)."""
     from tomostrain.reconstruction.iterative import Operator
 
@@ -80,7 +80,8 @@ def _reference_sirt(b, geo, n_x, iterations, mask=None):
     x = np.zeros((geo.n_rows, n_x, n_x), np.float32)
     for _ in range(iterations):
         x += col * op.back(row * (b - op.forward(x)))
-        np.maximum(x, 0, out=x)
+        if nonnegative:
+            np.maximum(x, 0, out=x)
     return x
 
 
@@ -105,3 +106,10 @@ def test_sirt_in_the_work_layout_equals_the_public_layout_iteration(rng):
     assert not got[~support].any()
     one = os_sart(b, angles, iterations=1, n_subsets=1)                 # one subset: one SIRT iteration
     np.testing.assert_allclose(one, _reference_sirt(b, geo, n, 1), rtol=1e-4, atol=1e-5 * float(want.max()))
+    # the non-negative iteration (clip at 0 fused into the update) against the clipped reference
+    clipped = _reference_sirt(b, geo, n, 15, nonnegative=True)
+    assert clipped.min() >= 0 and want.min() < -1e-3 * float(want.max())  # the clip matters here
+    np.testing.assert_allclose(sirt(b, angles, iterations=15, nonnegative=True), clipped, rtol=1e-4,
+                               atol=1e-5 * float(want.max()))
+    np.testing.assert_allclose(os_sart(b, angles, iterations=1, n_subsets=1, nonnegative=True),
+                               _reference_sirt(b, geo, n, 1, nonnegative=True), rtol=1e-4, atol=1e-5 * float(want.max()))

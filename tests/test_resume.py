@@ -92,7 +92,8 @@ def test_a_killed_tomo_job_resumes_only_the_missing_chunks(tmp_path):
         os.environ["TOMOSTRAIN_MEMORY_BUDGET"] = "40000"
         job = pipeline.Job(out, "rerun", {"tomo": {"input": str(path), "method": "sirt", "iterations": 60,
                                                      "center": None, "segment": 0, "voxel_size_nm": None,
-                                                     "align": False, "tilt_axis_deg": None}}, "cpu")
+                                                     "align": False, "tilt_axis_deg": None,
+                                                     "nonnegative": False}}, "cpu")
         job._print = messages.append
         pipeline.tomo(path, None, method="sirt", iterations=60, backend="cpu", job=job)
         job.finish()

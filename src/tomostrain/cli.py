@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-o", "--output", type=Path, required=True, help="result file (.h5)")
     t.add_argument("--method", default="fbp", choices=["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv", "dart"])
     t.add_argument("--iterations", type=int, default=None, help="iterations of iterative methods")
+    t.add_argument("--nonnegative", action=argparse.BooleanOptionalAction, default=None,
+                   help="sirt, os_sart, tv: clip the volume at 0 in every iteration, cgls: at the end (--no-nonnegative: "
+                        "don't); default the solver's: unconstrained SIRT/OS-SART/CGLS (as ASTRA, TomoPy, "
+                        "ETSpy), constrained TV")
     t.add_argument("--center", type=_center, default=None,
                    help="rotation-axis column (pixels), or 'auto' to find it (--center-method); default the detector centre")
     t.add_argument("--align", action="store_true",
@@ -262,7 +266,7 @@ def _dispatch(args, command: str) -> int:
             tilt_axis_deg=args.tilt_axis, backend=args.backend, command=command, classes=args.classes,
             offset=args.offset, xf=args.xf, cluster=args.cluster,
             center_method=args.center_method, rings=args.rings, zingers=args.zingers,
-            beam_background=args.beam_background, paganin=_paganin_args(args),
+            beam_background=args.beam_background, paganin=_paganin_args(args), nonnegative=args.nonnegative,
         )
         return 0
     if args.command == "xanes":

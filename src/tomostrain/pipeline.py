@@ -194,7 +194,8 @@ def _decode_json_attrs(tree: dict, paths: list[str]) -> None:
 def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0, angles=None,
          voxel_size_nm=None, align=False, tilt_axis_deg=None, backend="auto", command="",
          job: Job | None = None, offset="auto", xf=None, rings=None, zingers=None, paganin=None,
-         beam_background=None, center_method="vo", cluster=None, classes=None) -> Path | None:
+         beam_background=None, center_method="vo", cluster=None, classes=None,
+         nonnegative=None) -> Path | None:
     """Reconstruct a tilt series file, folder of one-file-per-tilt images (or TiltSeries),
     optionally aligned first (``align``: tilt axis searched over all directions, ``tilt_axis_deg``
     a prior (None: the file's, if any), drift, centre; ``OUT.xf``/``OUT.tlt`` are written beside
@@ -204,7 +205,11 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
 
     With ``job`` given, the steps are added to that job and nothing is written here.
     ``classes``: number of phases (vacuum included) whose grey levels DART estimates
-    (``method="dart"``; default 3).
+    (``method="dart"``; default 3). ``nonnegative``: clip the volume at 0 in every iteration of
+    sirt, os_sart, cgls (at the end) or tv; None = the solver's default
+    (``reconstruction.iterative.NONNEGATIVE_DEFAULT``: unconstrained SIRT, OS-SART and CGLS, as
+    ASTRA, TomoPy and ETSpy run them; constrained TV). The value used is recorded in the
+    provenance parameters and as the ``/tomo`` attribute ``nonnegative``.
 
     X-ray data (DXchange with flats): ``rings`` (a ``preprocess.RING_METHODS`` name),
     ``zingers`` (threshold), ``paganin`` (dict ``energy_kev, distance_m, delta_beta`` and
@@ -226,7 +231,11 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
                               "align": align, "tilt_axis_deg": tilt_axis_deg, "offset": offset,
                               "xf": None if xf is None else str(xf), "rings": rings, "zingers": zingers,
                               "paganin": paganin, "beam_background": beam_background,
-                              "center_method": center_method, "classes": classes})
+                              "center_method": center_method, "classes": classes, "nonnegative": nonnegative})
+    if method in validation.NONNEGATIVE_METHODS and nonnegative is None:
+        from .reconstruction.iterative import NONNEGATIVE_DEFAULT
+
+        nonnegative = NONNEGATIVE_DEFAULT[method]
     params = {"tomo": {"input": str(input), "method": method, "iterations": iterations, "center": center,
                        "segment": segment, "voxel_size_nm": voxel_size_nm, "align": bool(align),
                        "tilt_axis_deg": tilt_axis_deg}}
@@ -241,6 +250,8 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
         params["tomo"].update(xray, center_method=center_method)
     if classes is not None:
         params["tomo"]["classes"] = classes
+    if nonnegative is not None:
+        params["tomo"]["nonnegative"] = bool(nonnegative)
     own = job is None
     job = job or Job(Path(output), command, params, backend)
     if align and own:  # OUT.xf / OUT.tlt are written too: never over an input (an .ali's .tlt)
@@ -252,7 +263,7 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
         with open_cluster(cluster) as job.executor:
             tomo(input, None, method=method, iterations=iterations, center=center, segment=segment, angles=angles,
                  voxel_size_nm=voxel_size_nm, align=align, tilt_axis_deg=tilt_axis_deg, job=job, offset=offset,
-                 xf=xf, center_method=center_method, classes=classes, **xray)
+                 xf=xf, center_method=center_method, classes=classes, nonnegative=nonnegative, **xray)
         volume_shape = tuple(job.results["tomo"]["volume"].shape)  # (n_rows, n_cols, n_cols)
         path = job.finish()
         if align:
@@ -298,9 +309,13 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
             kw = {} if iterations is None else {"iterations": iterations}
             if classes is not None:
                 kw["n_classes"] = int(classes)
+            if nonnegative is not None:
+                kw["nonnegative"] = bool(nonnegative)
             reconstruct(series, method=method, backend=job.backend, executor=job.executor, out=volume,
                         progress=job.progress("reconstruct"), **geometry, **kw)
             job.results.setdefault("tomo", {})["@attrs"] = {"method": method, "voxel_size_nm": voxel}
+            if nonnegative is not None:
+                job.results["tomo"]["@attrs"]["nonnegative"] = bool(nonnegative)
             if center is not None and not align:
                 job.results["tomo"]["@attrs"]["center"] = float(center)
             if any(v is not None for v in xray.values()):
@@ -901,6 +916,12 @@ def run_job(path, command: str = "", cluster=None) -> Path:
     base = path.parent
     settings = spec.get("job", {})
     sections = {k: dict(spec[k]) for k in validation.WORK_SECTIONS if k in spec}
+    tomo_section = sections.get("tomo")
+    tomo_method = (tomo_section or {}).get("method", validation.TomoOptions.model_fields["method"].default)
+    if tomo_section and tomo_section.get("nonnegative") is None and tomo_method in validation.NONNEGATIVE_METHODS:
+        from .reconstruction.iterative import NONNEGATIVE_DEFAULT
+
+        tomo_section["nonnegative"] = NONNEGATIVE_DEFAULT[tomo_method]  # the value used, in /provenance
     for name, section in sections.items():
         for key in validation.path_fields(name):  # relative paths are taken from the job file's folder
             value = section.get(key)

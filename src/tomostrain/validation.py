@@ -53,12 +53,18 @@ class JobSettings(Section):
     backend: Backend = "auto"
 
 
+#: methods whose non-negativity constraint is a user choice (``[tomo] nonnegative``); their
+#: defaults are those of the solvers (``reconstruction.iterative.NONNEGATIVE_DEFAULT``)
+NONNEGATIVE_METHODS = ("sirt", "os_sart", "cgls", "tv")
+
+
 class TomoOptions(Section):
     """``tomostrain tomo`` / ``[tomo]``."""
 
     input: str = Field(min_length=1, json_schema_extra={"path": True})
     method: Literal["fbp", "gridrec", "sirt", "cgls", "os_sart", "tv", "dart"] = "fbp"
     iterations: Optional[Count] = None
+    nonnegative: Optional[bool] = Field(None, **_cli("--nonnegative"))
     center: Union[Literal["auto"], None, Finite] = None
     center_method: Literal["vo", "phase"] = Field("vo", **_cli("--center-method"))
     rings: Optional[Literal["sort", "sort_offset", "fit", "wavelet", "normalize", "all"]] = Field(None, **_cli("--rings"))
@@ -86,6 +92,9 @@ class TomoOptions(Section):
     def _align_or_center(self):
         if self.align and self.center is not None:
             raise ValueError("give either align (which finds the centre) or center, not both")
+        if self.nonnegative is not None and self.method not in NONNEGATIVE_METHODS:
+            raise ValueError(f"nonnegative constrains the iterative solvers {', '.join(NONNEGATIVE_METHODS)}; "
+                             f"method {self.method!r} takes no such choice")
         if self.classes is not None and self.method != "dart":
             raise ValueError(f"classes sets DART's number of phases; method {self.method!r} takes none")
         if self.align and self.xf is not None:
@@ -246,8 +255,8 @@ def _messages(section: str, model, exc: ValidationError, values: dict, lines: di
             msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "should be")
             shown = values.get(key, err.get("input")) if key else None
             what = (f"{key} = {shown!r}: {msg}" if key else msg)
-            flag = _field_extra(model, key).get("cli") or ("--" + key.replace("_", "-") if key != "input" else "")
-            if flag and lines is None:
+            flag = _field_extra(model, key).get("cli") or ("--" + key.replace("_", "-") if key not in ("input", "") else "")
+            if flag and key and lines is None:  # a rule across fields (a model validator) names no key
                 what = f"{key} = {shown!r} (option {flag}): {msg}"
         line = (lines or {}).get(key)
         prefix = f"{where} line {line}: " if line else (f"{where}: " if where else "")

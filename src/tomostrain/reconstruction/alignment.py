@@ -23,7 +23,7 @@ For a given tilt-axis angle ``a`` the shifts come from four steps (``_shifts_at`
    ``C + A cos(theta) + B sin(theta)``; each projection's deviation from the fitted sinusoid is
    removed, so the rotation axis lands on the image centre.
 
-Then ``refine`` rounds of **projection matching**: reconstruct the aligned series (SIRT, on
+Then ``refine`` rounds of **projection matching**: reconstruct the aligned series (non-negative SIRT, on
 projections binned to at most ``MATCH_SIZE`` pixels, each scaled to the mean mass in the common
 field), reproject it and move each projection onto its reprojection (tapered-mask FFT
 cross-correlation, parabolic sub-pixel peak). The last round's corrections are the per-image
@@ -95,6 +95,7 @@ _CANDIDATES = 3       # local minima of the common-line scan searched locally
 _SEARCH_ITERATIONS = 10  # SIRT iterations of each reconstruction in the tilt-axis search
 PROFILE_STEP_DEG = 2.0  # grid of the all-direction profile-spread scan
 PROFILE_DECISIVE = 0.25  # the profile spread decides when its deepest point is below this x its median
+MATCH_NONNEGATIVE = True  # projection matching reconstructs non-negative (unconstrained measured worse)
 EDGE_SHARE = 0.02     # an object with more than this share of its mass at the borders leaves the field
 
 
@@ -176,7 +177,7 @@ def align(series, angles_deg=None, *, tilt_axis_deg: float | None = None, search
     residuals = errors = None
     for _ in range(int(refine)):
         shifts, residuals, errors, _ = _match_projections(img, angles, shifts, a, mask, int(refine_iterations),
-                                                          _bin_factor(img, MATCH_SIZE), xp)
+                                                          _bin_factor(img, MATCH_SIZE), xp, MATCH_NONNEGATIVE)
     return Alignment(shifts=shifts, center=(nx - 1) / 2.0, tilt_axis_deg=float(a),
                      residuals_px=residuals, image_nrmse=errors)
 
@@ -329,7 +330,7 @@ def _across_correction(aligned, mask, theta, xp):
 # ---------------------------------------------------------------------------------------------
 # projection matching
 # ---------------------------------------------------------------------------------------------
-def _match_projections(img, angles, shifts, a_deg, mask, iterations, b, xp):
+def _match_projections(img, angles, shifts, a_deg, mask, iterations, b, xp, nonnegative=True):
     """One round of projection matching on projections binned ``b`` x ``b`` (module docstring).
 
     Returns ``(new shifts, residuals_px (n,), image_nrmse (n,), total mismatch)``; the mismatch
@@ -347,7 +348,7 @@ def _match_projections(img, angles, shifts, a_deg, mask, iterations, b, xp):
     aligned = aligned * scale[:, None, None]            # the same mass in every projection
     center = (img.shape[2] - b) / (2.0 * b)             # the image centre column, in binned pixels
     volume = reconstruct(aligned, method="sirt", angles_deg=angles, iterations=iterations, center=center,
-                         backend="gpu" if _backend.is_gpu_array(aligned) else "cpu")
+                         nonnegative=nonnegative, backend="gpu" if _backend.is_gpu_array(aligned) else "cpu")
     reproj = project(volume, angles, center=center)
     diff = ((reproj - aligned) * win[None]).reshape(n, -1).astype(xp.float64)
     ref = (aligned * win[None]).reshape(n, -1).astype(xp.float64)

@@ -81,9 +81,11 @@ def _fit_levels(labels, levels, n_classes, b, operator, xp):
 
 
 def start_volume(b, op, start, iterations, support=None, weight=None):
-    """DART's start: SIRT or TV-regularised least squares of ``iterations`` iterations."""
+    """DART's start: SIRT or TV-regularised least squares of ``iterations`` iterations, both
+    non-negative (DART's levels and class masks come from it; its own updates clamp at the
+    lowest level too)."""
     if start == "sirt":
-        return sirt(b, geometry=op.geometry, iterations=iterations, n_x=op.n_x, support=support)
+        return sirt(b, geometry=op.geometry, iterations=iterations, n_x=op.n_x, support=support, nonnegative=True)
     if start == "tv":
         return tv(b, geometry=op.geometry, iterations=iterations, n_x=op.n_x, support=support, weight=weight)
     raise InputError(f"start must be 'sirt' or 'tv', got {start!r}")

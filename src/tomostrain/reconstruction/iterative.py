@@ -12,7 +12,9 @@ angles_deg, center, shifts, geometry : the tilt geometry (see ``TiltGeometry``);
     a tilt-axis angle are applied by resampling the projections once before iterating
 iterations : number of iterations (OS-SART: full passes over all subsets)
 x0 : (n_rows, n_x, n_x) initial volume ``[y, z, x]``; default zeros
-nonnegative : clip the volume at 0 after every update (CGLS: once at the end)
+nonnegative : clip the volume at 0 after every update (CGLS: once at the end). Default off for
+    SIRT, OS-SART and CGLS (the plain least-squares iterations, as ASTRA, TomoPy and ETSpy run
+    them), on for TV (a constrained solver by design); DART clamps at its lowest grey level
 support : boolean mask ``(n_x, n_x)`` or ``(n_rows, n_x, n_x)``; voxels outside stay 0
 callback : ``callback(iteration, x, residual_norm)`` after every iteration, with
     ``residual_norm = ||b - A x||`` (SIRT, OS-SART: of the iterate before that iteration's update)
@@ -21,6 +23,8 @@ n_x : slice size of the volume; default n_cols
 Returns (n_rows, n_x, n_x) float32 on the device of ``projections``.
 """
 from __future__ import annotations
+
+import inspect
 
 import numba
 import numpy as np
@@ -238,7 +242,7 @@ def _update(x, d, col, nonnegative):
 
 
 def sirt(projections, angles_deg=None, center=None, shifts=None, *, geometry=None, iterations=100, x0=None,
-         nonnegative=True, support=None, callback=None, n_x=None, relaxation=1.0):
+         nonnegative=False, support=None, callback=None, n_x=None, relaxation=1.0):
     """SIRT: ``x <- x + relaxation * C A^T R (b - A x)``, ``R = 1/(A 1)``, ``C = 1/(A^T 1)``."""
     b, op, x, mask = prepare(projections, angles_deg, center, shifts, geometry, n_x, x0, support)
     row, col = op.work_row_weights(), op.work_column_weights() * np.float32(relaxation)
@@ -254,7 +258,7 @@ def sirt(projections, angles_deg=None, center=None, shifts=None, *, geometry=Non
 
 
 def os_sart(projections, angles_deg=None, center=None, shifts=None, *, geometry=None, iterations=10, x0=None,
-            nonnegative=True, support=None, callback=None, n_x=None, n_subsets=10, relaxation=1.0):
+            nonnegative=False, support=None, callback=None, n_x=None, n_subsets=10, relaxation=1.0):
     """Ordered-subset SART: SIRT updates over ``n_subsets`` interleaved subsets of the sorted angles.
 
     One iteration visits every subset once (about ``n_subsets`` times the progress of one SIRT
@@ -376,3 +380,9 @@ def tv(projections, angles_deg=None, center=None, shifts=None, *, geometry=None,
         if callback is not None:
             callback(it, x, _residual_norm(ax - b))
     return x
+
+
+#: each solver's own ``nonnegative`` default, read from its signature (one source of truth for the
+#: CLI and job files, which record the value used): SIRT, OS-SART, CGLS unconstrained, TV constrained
+NONNEGATIVE_DEFAULT = {f.__name__: inspect.signature(f).parameters["nonnegative"].default
+                       for f in (sirt, os_sart, cgls, tv)}
