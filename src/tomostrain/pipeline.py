@@ -569,7 +569,7 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
     """
     from .strain.disks import BraggPeaks, disk_geometry
     from .strain.lattice import choose_lattice_vectors, fit_lattice
-    from .strain.passes import ScanCalibration, calibrate_scan, first_pass, scan_maps
+    from .strain.passes import ScanCalibration, calibrate_scan, first_pass, prepare_cpu, scan_maps
     from .strain.phases import resolve_phases
     from .strain.strainmap import strain_map
 
@@ -601,6 +601,7 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
                  scan_shape=scan_shape)
         return job.finish()
     resolve_phases(list(phases))  # unknown names fail before any work
+    warm = prepare_cpu() if job.backend != "gpu" and getattr(job.executor, "client", None) is None else None
     cube = opened = io.read_datacube(Path(input), shape=shape, dtype=dtype, scan_shape=scan_shape, check=False)
     if getattr(job.executor, "client", None) is not None and cube.meta.get("dataset"):
         import dataclasses
@@ -686,6 +687,8 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
                                           "G_ref_per_A": be.to_host(sm.G_ref).tolist()}
     finally:
         _close(opened)
+        if warm is not None:
+            warm.join()
     return job.finish() if own else None
 
 
