@@ -8,6 +8,7 @@ parameters are unchanged. The result file is written atomically (DESIGN.md §4, 
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -601,7 +602,14 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
                  scan_shape=scan_shape)
         return job.finish()
     resolve_phases(list(phases))  # unknown names fail before any work
-    warm = prepare_cpu() if job.backend != "gpu" and getattr(job.executor, "client", None) is None else None
+    warm = local = None
+    if job.backend != "gpu" and job.executor is None:
+        # CPU, in this process: the kernels load while pass 1 reads, and two chunks run at once, so one
+        # chunk's NumPy work (reads, casts, sums: one core) overlaps the other's parallel kernels
+        from .distributed import ThreadExecutor
+
+        warm, local = prepare_cpu(), ThreadExecutor(min(2, os.cpu_count() or 1))
+        job.executor = local
     cube = opened = io.read_datacube(Path(input), shape=shape, dtype=dtype, scan_shape=scan_shape, check=False)
     if getattr(job.executor, "client", None) is not None and cube.meta.get("dataset"):
         import dataclasses
@@ -687,8 +695,11 @@ def stem(input, output, *, phases=("NiO", "Ni", "Na2O"), reference=None, probe=N
                                           "G_ref_per_A": be.to_host(sm.G_ref).tolist()}
     finally:
         _close(opened)
-        if warm is not None:
+        if local is not None:
             warm.join()
+            local.close()
+            if not own:            # a job file's later sections run as they would have
+                job.executor = None
     return job.finish() if own else None
 
 
