@@ -14,6 +14,10 @@ origin (within a detector box) and the radial profile in 1-pixel bins ``floor(r_
 ellipse-corrected radius ``r_e``, in one pass over the pixels, all in float64 (the virtual BF/ADF
 images and the phase map's profiles). GPU: one block per pattern, threads stride over pixels and
 add into the outputs atomically; CPU twin: ``prange`` over patterns. Both call ``_radial_pixel``.
+
+``disk_centroids_cpu``: the thresholded centroid of the central disk (``calibrate.disk_centroids``)
+on the CPU, for every pattern of a chunk in one pass per window; the GPU runs the same arithmetic as
+CuPy array expressions (``calibrate._thresholded_centroid``), against which the tests hold it.
 """
 from __future__ import annotations
 
