@@ -158,3 +158,31 @@ def test_fourier_shift_equals_the_complex_round_trip(shape):
     np.testing.assert_allclose(_fourier_shift(frames, shift, np), want, atol=1e-12)
     np.testing.assert_allclose(_fourier_shift(frames, shift, np, mean=True), want.mean(0), atol=1e-12)
     assert np.abs(want - frames).max() > 0.1          # the frames did move
+
+
+def test_disk_centroids_kernel_equals_array_expression(synth):
+    """The CPU kernel (disk_centroids_cpu) against the NumPy expression the GPU path runs
+    (_thresholded_centroid, both windows in turn), on patterns with descan, a dark pattern (NaN)
+    and a box clipped at the detector edge."""
+    from tomostrain.strain import calibrate as cal
+
+    data, _ = synth
+    chunk = np.asarray(data[:3], np.float32).copy()
+    chunk[1, 2] = 0.0                                   # no disk: NaN from both
+    ky, kx = chunk.shape[2:]
+    c0, radius = cal.central_disk(chunk.sum((0, 1), dtype=np.float64))
+    near_edge = np.roll(chunk, -int(c0[1] - radius - 4), axis=3)   # its box is clipped at x = 0
+    for chunk in (chunk, near_edge):
+        centre0, _ = cal.central_disk(chunk.sum((0, 1), dtype=np.float64))
+        box = cal.origin_box(centre0, radius, (ky, kx))
+        got = cal.disk_centroids(chunk, centre0, radius, box, np)
+        (ys, xs), iy, ix = box
+        frames = chunk.reshape(-1, ky, kx)[:, ys, xs]
+        want = np.broadcast_to(centre0, (frames.shape[0], 2))
+        for window in (2.0 * radius + 4.0, radius + 2.0):
+            want = cal._thresholded_centroid(frames, want, window, radius, iy, ix, np)
+        want = want.reshape(got.shape)
+        assert np.isnan(got[1, 2]).all() and np.isnan(want[1, 2]).all()
+        assert box[0][1].start == 0 or chunk is not near_edge
+        assert np.isfinite(want).sum() > 10 and np.array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], rtol=0, atol=1e-6)

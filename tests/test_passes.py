@@ -1,5 +1,7 @@
 """4D-STEM in three passes: the pipeline reads every scan row exactly three times, and the passes
 give what the separate whole-scan functions give (which are tested against ground truth)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -91,6 +93,30 @@ def test_the_stem_pipeline_on_a_local_dask_cluster_equals_inline(scan, tmp_path)
     for group, key in (("virtual", "bf"), ("virtual", "adf"), ("phase", "labels"), ("calibration", "origin"),
                        ("peaks", "qy"), ("lattice", "g1"), ("strain", "exx")):
         np.testing.assert_array_equal(dask[group][key], inline[group][key])
+
+
+def test_the_cpu_stem_job_runs_two_chunks_at_once_and_equals_inline(scan, tmp_path):
+    """A CPU stem job without --cluster runs its chunks on ThreadExecutor(2) (one chunk's NumPy
+    work overlapping the other's kernels); the results are bit-identical to one chunk at a time."""
+    import h5py
+
+    from tomostrain.distributed import InlineExecutor
+
+    data, truth = scan
+    path = tmp_path / "scan.h5"
+    io.write_datacube(data, path, q_pixel_size=truth["q_pixel_size"])
+    out = pipeline.stem(path, tmp_path / "threads.h5", backend="cpu")
+    with h5py.File(out) as f:
+        assert f["provenance"].attrs["executor"] == f"threads:{min(2, os.cpu_count() or 1)}"
+    threads = io.read_results(out)["stem"]
+    job = pipeline.Job(tmp_path / "inline.h5", "test", {"stem": {}}, "cpu")
+    job.executor = InlineExecutor()
+    pipeline.stem(path, None, backend="cpu", job=job)
+    inline = io.read_results(job.finish())["stem"]
+    for group, key in (("virtual", "bf"), ("virtual", "adf"), ("phase", "labels"), ("calibration", "origin"),
+                       ("calibration", "probe"), ("peaks", "qy"), ("peaks", "qx"), ("peaks", "offsets"),
+                       ("lattice", "g1"), ("strain", "exx")):
+        np.testing.assert_array_equal(threads[group][key], inline[group][key])
 
 
 def test_the_lowest_patterns_merge_equals_distributed_lowest():

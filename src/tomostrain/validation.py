@@ -43,7 +43,7 @@ def _cli(flag: str, path: bool = False) -> dict:
 class Section(BaseModel):
     """Base of every section: unknown keys and loose types are errors."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)  # schemas built on first use
 
 
 class JobSettings(Section):

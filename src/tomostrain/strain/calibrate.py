@@ -98,11 +98,27 @@ def disk_centroids(chunk, c0, radius, box, xp=np):
     radius + 2 px. Returns (rows, sx, 2) float64 detector pixels (NaN where no disk is found)."""
     (ys, xs), iy, ix = box
     rows, sx, ky, kx = chunk.shape
+    windows = (2.0 * radius + 4.0, radius + 2.0)
+    if xp is np:  # the Numba twin: one pass over the box per window, no temporaries
+        frames = np.ascontiguousarray(chunk.reshape(-1, ky, kx), dtype=np.float32)
+        start = np.broadcast_to(np.asarray(c0, np.float64), (frames.shape[0], 2))
+        return _centroids_cpu(frames, start, windows, radius, (ys.start, ys.stop, xs.start, xs.stop)).reshape(rows, sx, 2)
     frames = chunk.reshape(-1, ky, kx)[:, ys, xs]
     centre = xp.broadcast_to(xp.asarray(c0), (frames.shape[0], 2))
-    for window in (2.0 * radius + 4.0, radius + 2.0):
+    for window in windows:
         centre = _thresholded_centroid(frames, centre, window, radius, iy, ix, xp)
     return centre.reshape(rows, sx, 2)
+
+
+def _centroids_cpu(frames, start, windows, radius, box):
+    """``_thresholded_centroid`` for each of ``windows`` in turn on the CPU (``disk_centroids_cpu``):
+    frames (n, ky, kx) float32, start (n, 2), box (y0, y1, x0, x1) -> (n, 2) float64."""
+    from ..gpu_core.kernels.virtual_detector import disk_centroids_cpu
+
+    out = np.empty((frames.shape[0], 2), np.float64)
+    disk_centroids_cpu(frames, np.ascontiguousarray(start, dtype=np.float64), np.asarray(windows, np.float64),
+                       float(radius), np.asarray(box, np.int64), out)
+    return out
 
 
 def fit_origin(cube_or_origins, mask=None, *, clip_sigma: float = 3.0, iterations: int = 10,
@@ -345,8 +361,12 @@ def _disk_centres(frames, xp, with_radius=False):
     arg = smooth.reshape(n, -1).argmax(1)
     start = xp.stack([arg // kx, arg % kx], 1).astype(xp.float64)
     iy, ix = xp.indices((ky, kx), dtype=xp.float32)
-    centre = _thresholded_centroid(frames, start, 2.0 * radius + 3.0, radius, iy, ix, xp)
-    centre = _thresholded_centroid(frames, centre, radius + 2.0, radius, iy, ix, xp)
+    if xp is np:  # counts (or their mean) in float32: rounding far below the centroid's precision
+        centre = _centroids_cpu(frames.astype(np.float32), start, (2.0 * radius + 3.0, radius + 2.0), radius,
+                                (0, ky, 0, kx))
+    else:
+        centre = _thresholded_centroid(frames, start, 2.0 * radius + 3.0, radius, iy, ix, xp)
+        centre = _thresholded_centroid(frames, centre, radius + 2.0, radius, iy, ix, xp)
     if with_radius:
         above0 = above[0] & ((iy - float(centre[0, 0])) ** 2 + (ix - float(centre[0, 1])) ** 2 < (2 * radius + 3) ** 2)
         return centre, float(np.sqrt(float(above0.sum()) / np.pi))

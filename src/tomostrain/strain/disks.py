@@ -108,12 +108,13 @@ def correlate(frames, kernel_ft, corr_power: float = 1.0):
     """
     fft, kw = _fft_of(frames)
     shape = frames.shape[-2:]
-    m = fft.rfft2(frames, **kw) * kernel_ft
+    m = fft.rfft2(frames, **kw)
+    m *= kernel_ft                    # in place: the spectra are this function's own
     if corr_power != 1.0:
         xp = _backend.xp_of(m)
         mag = xp.abs(m)
         m *= xp.where(mag > 0, mag, 1) ** (corr_power - 1.0)
-    return fft.irfft2(m, s=shape, **kw).astype(np.float32, copy=False)
+    return fft.irfft2(m, s=shape, overwrite_x=True, **kw).astype(np.float32, copy=False)
 
 
 def find_bragg_disks(

@@ -37,6 +37,48 @@ PASS_BYTES = {1: 16, 2: 24, 3: 64}
 CPU_MAX_PATTERNS = 256
 
 
+#: the CPU kernels of the three passes, in the order they are first called, with the one
+#: signature each is called with (every array C-contiguous)
+CPU_KERNELS = (
+    ("virtual_detector", "disk_centroids_cpu",
+     "(float32[:, :, ::1], float64[:, ::1], float64[::1], float64, int64[::1], float64[:, ::1])"),
+    ("virtual_detector", "radial_sums_cpu",
+     "(float32[:, :, ::1], float64[:, ::1], int64[::1], float64[:, ::1], float64[::1], float64, float64[:, ::1],"
+     " float64[:, ::1])"),
+    ("disk_peaks", "white_tophat_cpu", "(float32[:, :, ::1], int64, float32[:, :, ::1])"),
+    ("disk_peaks", "disk_peaks_cpu",
+     "(float32[:, :, ::1], float32[:, :, ::1], float32[::1], int64, float64, int64, int64, float64, float64,"
+     " float64[::1], float64[::1], float64, float32[:, :, ::1], int32[::1], int32[::1])"),
+)
+
+
+def prepare_cpu(wait: bool = False):
+    """Load the passes' CPU kernels from Numba's cache (compile them where it is empty) and import
+    scipy.fft, in a background thread: a CPU run then does this while pass 1 reads the cube
+    (NumPy, which releases the GIL) instead of before pass 2. Returns the thread (joined with
+    ``wait``). A failure here is left for the kernel's own call to raise."""
+    import threading
+
+    def work():
+        try:
+            import importlib
+
+            import scipy.fft  # noqa: F401  (the correlation's FFTs)
+
+            for module, name, signature in CPU_KERNELS:
+                kernel = getattr(importlib.import_module(f"..gpu_core.kernels.{module}", __package__), name)
+                if not kernel.signatures:
+                    kernel.compile(signature)
+        except Exception:  # noqa: BLE001 - the real call raises it, with its context
+            pass
+
+    thread = threading.Thread(target=work, name="tomostrain-kernels", daemon=True)
+    thread.start()
+    if wait:
+        thread.join()
+    return thread
+
+
 def _xp(backend: str):
     if backend == "gpu":
         import cupy

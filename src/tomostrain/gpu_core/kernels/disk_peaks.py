@@ -466,39 +466,48 @@ def _gpu():
 _GPU: dict = {}
 
 
+@numba.njit(cache=True)
+def _pattern_peaks_cpu(c, f, thr, edge, min_spacing, max_peaks, mode, radius, width, prof, dprof, dr, peaks):
+    """One pattern of ``disk_peaks_cpu``: writes ``peaks (>= max_peaks, 3)``, returns ``(count,
+    candidates)``. A function of its own (compiled once, serial), so the parallel loop around it
+    stays small: Numba's parallel pipeline and LLVM then take a third of the time to compile it."""
+    ky, kx = c.shape
+    cand_v = np.empty(MAX_CAND, np.float32)
+    cand_i = np.empty(MAX_CAND, np.int32)
+    sel = np.empty(MAX_PEAKS, np.int32)
+    out = np.empty(3, np.float64)
+    par = np.empty(N_STATE, np.float64)
+    jac = np.empty(N_PAR, np.float64)
+    acc = np.empty(N_ACC, np.float64)
+    A = np.empty((N_PAR, N_PAR), np.float64)
+    g = np.empty(N_PAR, np.float64)
+    z = np.empty(N_PAR, np.float64)
+    m = 0
+    for y in range(edge, ky - edge):
+        for x in range(edge, kx - edge):
+            if _is_candidate(c, y, x, thr):
+                if m < MAX_CAND:
+                    cand_v[m] = c[y, x]
+                    cand_i[m] = y * kx + x
+                m += 1
+    k = _select(cand_v, cand_i, min(m, MAX_CAND), kx, min_spacing, max_peaks, sel)
+    for j in range(k):
+        _start(c, sel[j], kx, mode, out)
+        if mode == EDGE:
+            _fit_disk(f, sel[j], kx, radius, width, prof, dprof, dr, out, par, jac, acc, A, g, z)
+        for i in range(3):
+            peaks[j, i] = out[i]
+    return k, m
+
+
 @numba.njit(parallel=True, cache=True)
 def disk_peaks_cpu(corr, frames, thr, edge, min_spacing, max_peaks, mode, radius, width,
                    prof, dprof, dr, peaks, counts, n_candidates):
-    n_pat, ky, kx = corr.shape
-    for n in numba.prange(n_pat):
-        cand_v = np.empty(MAX_CAND, np.float32)
-        cand_i = np.empty(MAX_CAND, np.int32)
-        sel = np.empty(MAX_PEAKS, np.int32)
-        out = np.empty(3, np.float64)
-        par = np.empty(N_STATE, np.float64)
-        jac = np.empty(N_PAR, np.float64)
-        acc = np.empty(N_ACC, np.float64)
-        A = np.empty((N_PAR, N_PAR), np.float64)
-        g = np.empty(N_PAR, np.float64)
-        z = np.empty(N_PAR, np.float64)
-        c = corr[n]
-        m = 0
-        for y in range(edge, ky - edge):
-            for x in range(edge, kx - edge):
-                if _is_candidate(c, y, x, thr[n]):
-                    if m < MAX_CAND:
-                        cand_v[m] = c[y, x]
-                        cand_i[m] = y * kx + x
-                    m += 1
-        n_candidates[n] = m
-        k = _select(cand_v, cand_i, min(m, MAX_CAND), kx, min_spacing, max_peaks, sel)
+    for n in numba.prange(corr.shape[0]):
+        k, m = _pattern_peaks_cpu(corr[n], frames[n], thr[n], edge, min_spacing, max_peaks, mode, radius, width,
+                                  prof, dprof, dr, peaks[n])
         counts[n] = k
-        for j in range(k):
-            _start(c, sel[j], kx, mode, out)
-            if mode == EDGE:
-                _fit_disk(frames[n], sel[j], kx, radius, width, prof, dprof, dr, out, par, jac, acc, A, g, z)
-            for i in range(3):
-                peaks[n, j, i] = out[i]
+        n_candidates[n] = m
 
 
 def _make_pass(is_max):
@@ -572,25 +581,30 @@ def white_tophat_cpu(corr, half, out):
     """``out = corr - opening(corr)`` per map, the opening a minimum then a maximum filter over a
     ``(2 half + 1)^2`` square with ``mode="nearest"``: equal, bit for bit, to scipy.ndimage's
     (min and max are exact), which the GPU path runs (``cupyx.scipy.ndimage``)."""
-    n_pat, ky, kx = corr.shape
+    for n in numba.prange(corr.shape[0]):
+        _tophat_one(corr[n], half, out[n])
+
+
+@numba.njit(cache=True)
+def _tophat_one(c, half, o):
+    """One map of ``white_tophat_cpu`` (a serial function of its own: the parallel loop stays
+    small, which halves what Numba's parallel pipeline and LLVM take to compile it)."""
+    ky, kx = c.shape
     size = max(ky, kx)
-    for n in numba.prange(n_pat):
-        fwd = np.empty((size + 2 * half, size), np.float32)
-        bwd = np.empty((size + 2 * half, size), np.float32)
-        a = np.empty((ky, kx), np.float32)
-        b = np.empty((kx, ky), np.float32)   # transposed work images
-        t = np.empty((kx, ky), np.float32)
-        c = corr[n]
-        o = out[n]
-        _erode_pass(c, a, half, fwd, bwd)    # along y
-        _transpose(a, t)
-        _erode_pass(t, b, half, fwd, bwd)    # along x (transposed)
-        _dilate_pass(b, t, half, fwd, bwd)   # along x
-        _transpose(t, a)
-        _dilate_pass(a, o, half, fwd, bwd)   # along y
-        for y in range(ky):
-            for x in range(kx):
-                o[y, x] = c[y, x] - o[y, x]
+    fwd = np.empty((size + 2 * half, size), np.float32)
+    bwd = np.empty((size + 2 * half, size), np.float32)
+    a = np.empty((ky, kx), np.float32)
+    b = np.empty((kx, ky), np.float32)   # transposed work images
+    t = np.empty((kx, ky), np.float32)
+    _erode_pass(c, a, half, fwd, bwd)    # along y
+    _transpose(a, t)
+    _erode_pass(t, b, half, fwd, bwd)    # along x (transposed)
+    _dilate_pass(b, t, half, fwd, bwd)   # along x
+    _transpose(t, a)
+    _dilate_pass(a, o, half, fwd, bwd)   # along y
+    for y in range(ky):
+        for x in range(kx):
+            o[y, x] = c[y, x] - o[y, x]
 
 
 def disk_profile(template, cy, cx, radius, width, dr=0.1):

@@ -14,6 +14,10 @@ origin (within a detector box) and the radial profile in 1-pixel bins ``floor(r_
 ellipse-corrected radius ``r_e``, in one pass over the pixels, all in float64 (the virtual BF/ADF
 images and the phase map's profiles). GPU: one block per pattern, threads stride over pixels and
 add into the outputs atomically; CPU twin: ``prange`` over patterns. Both call ``_radial_pixel``.
+
+``disk_centroids_cpu``: the thresholded centroid of the central disk (``calibrate.disk_centroids``)
+on the CPU, for every pattern of a chunk in one pass per window; the GPU runs the same arithmetic as
+CuPy array expressions (``calibrate._thresholded_centroid``), against which the tests hold it.
 """
 from __future__ import annotations
 
@@ -314,3 +318,54 @@ register(
 )
 
 assert math.log2(THREADS).is_integer()  # the tree reduction halves THREADS
+
+
+@numba.njit(parallel=True, cache=True)
+def disk_centroids_cpu(frames, start, windows, radius, box, out):
+    """Thresholded centroids of the central disk, ``calibrate._thresholded_centroid`` applied once
+    per entry of ``windows`` in turn (each from the previous centre), for every pattern at once.
+
+    frames (N, ky, kx) float32; start (N, 2) float64 first centres; windows (W,) float64; box
+    ``(y0, y1, x0, x1)`` int64, the detector pixels read; out (N, 2) float64. Per window: ``level``
+    = mean of the pixels with ``r < radius`` about the centre, weights ``max(f - level / 2, 0)``
+    for ``r < window``, centre = their centroid (NaN where they sum to 0; a NaN centre stays NaN).
+    Float64 sums where the NumPy/CuPy expression sums in float32: equal up to that rounding.
+    The GPU path runs the array expression (CuPy); this twin spares the CPU its ~10 temporaries.
+    """
+    n_pat = frames.shape[0]
+    y0, y1, x0, x1 = box[0], box[1], box[2], box[3]
+    rad2 = radius * radius
+    for n in numba.prange(n_pat):
+        cy = start[n, 0]
+        cx = start[n, 1]
+        for w in range(windows.shape[0]):
+            win2 = windows[w] * windows[w]
+            s = 0.0
+            c = 0.0
+            for y in range(y0, y1):
+                dy2 = (y - cy) * (y - cy)
+                for x in range(x0, x1):
+                    if dy2 + (x - cx) * (x - cx) < rad2:
+                        s += frames[n, y, x]
+                        c += 1.0
+            half = 0.5 * (s / max(c, 1.0))
+            tot = 0.0
+            sy = 0.0
+            sx = 0.0
+            for y in range(y0, y1):
+                dy2 = (y - cy) * (y - cy)
+                for x in range(x0, x1):
+                    if dy2 + (x - cx) * (x - cx) < win2:
+                        v = frames[n, y, x] - half
+                        if v > 0.0:
+                            tot += v
+                            sy += v * y
+                            sx += v * x
+            if tot > 0.0:
+                cy = sy / tot
+                cx = sx / tot
+            else:
+                cy = math.nan
+                cx = math.nan
+        out[n, 0] = cy
+        out[n, 1] = cx
