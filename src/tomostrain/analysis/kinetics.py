@@ -58,6 +58,8 @@ LK_BORDER = 2.5      # Lucas-Kanade leaves out this many of the band-pass's oute
 LOCAL_PX = 6.0        # the front's last fit uses the bins within this of the global fit's front
 FINE_HALF_PX = 3.0    # the fine front search spans the coarse change point +- this
 TEXTURE_REFERENCE = True  # the unreacted level of each depth bin follows the first frame's profile
+BIN_POSITIONS = True  # the smooth step model sees each bin at its pixels' mean depth
+REACTED_TEXTURE = True  # the reacted level of each bin keeps the part of the first frame's texture that stays
 BASE_FROM_PX = 3.5    # ... from this depth on (shallower bins: the first frame shows the outline's blur)
 
 
@@ -238,7 +240,8 @@ def front_profiles(frames, shifts, depth, valid, edges, reference=None):
     """Per-frame median of the (lightly smoothed) frame in bins of depth below the original
     outline: (medians (n, n_bins), counts (n, n_bins)). ``edges`` are the bin edges (pixels).
     With ``reference`` (the first frame): also the medians of the reference over the same sample
-    points (the reference moved into each frame's pixels), (medians, counts, reference medians).
+    points (the reference moved into each frame's pixels) and the mean depth of each bin's pixels,
+    (medians, counts, reference medians, mean depths).
 
     The medians come from a histogram per bin (``N_LEVELS`` intensity levels over the frame's
     range, linear inside the level): one ``bincount`` per frame, no sort."""
@@ -247,6 +250,7 @@ def front_profiles(frames, shifts, depth, valid, edges, reference=None):
     med = np.full((n, n_bins), np.nan)
     cnt = np.zeros((n, n_bins))
     ref_med = None if reference is None else np.full((n, n_bins), np.nan)
+    pos = None if reference is None else np.full((n, n_bins), np.nan)
     ref_s = None if reference is None else ndimage.gaussian_filter(np.asarray(reference, np.float32), SMOOTH_PX)
     masked = np.where(valid, depth, np.nan).astype(np.float32)
     for t in range(n):
@@ -260,7 +264,9 @@ def front_profiles(frames, shifts, depth, valid, edges, reference=None):
         med[t], cnt[t] = _bin_medians(img[ok], idx, n_bins)
         if ref_s is not None:
             ref_med[t] = _bin_medians(r[ok], idx, n_bins)[0]
-    return (med, cnt) if reference is None else (med, cnt, ref_med)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pos[t] = np.bincount(idx, weights=d[ok], minlength=n_bins) / cnt[t]
+    return (med, cnt) if reference is None else (med, cnt, ref_med, pos)
 
 
 class ProfileStep:
@@ -275,7 +281,7 @@ class ProfileStep:
         self.depth, self.valid, self.edges = depth, valid, np.asarray(edges)
         self.reference = None if reference is None else np.asarray(reference, np.float32)
         if self.reference is not None:
-            self.kind = ("map", "map", "map")
+            self.kind = ("map", "map", "map", "map")
         self.n_items = int(self.frames.shape[0])
         self.bytes_per_item = int(self.frames[0].nbytes) * 8 + 24 * len(self.edges) * (N_LEVELS + 2)
 
@@ -483,9 +489,9 @@ def _measure(frames, shifts, depth, valid, executor=None):
     deepest = float(centres[inside.any(0)].max()) if inside.any() else D_LO_PX
     y = np.where(inside, med, 0.0)
     wts = np.where(inside, np.sqrt(cnt), 0.0)
-    base = None
+    base = pos = None
     if reference is not None:   # the unreacted level of each bin: the first frame's (texture)
-        ref = prof[2]
+        ref, pos = prof[2], (prof[3] if BIN_POSITIONS else None)
         ok0 = inside[0] & np.isfinite(ref[0])
         if ok0.any():
             base = np.where(inside & np.isfinite(ref), ref, np.nan) / float(np.median(ref[0][ok0]))
@@ -504,25 +510,44 @@ def _measure(frames, shifts, depth, valid, executor=None):
     strong = ok & (np.abs(sa) > MIN_CONTRAST * np.abs(ca))
     pick = strong if strong.sum() >= 3 else (ok if ok.sum() >= 3 else np.isfinite(ratio))
     q = float(np.nanmedian(ratio[pick]))
-    # pass B: one level b per frame, q fixed (illumination changes are multiplicative)
-    x, w, b, _ = _grid_fit(y, wts, centres, q, deepest, base=base)
-    # pass C: the same with the bins within LOCAL_PX of that front only, so that levels far from
-    # the front (static thickness texture, illumination gradients, the field of view drifting over
-    # the particle) do not pull it
-    # a profile with (almost) no core bins left is as well fitted by "no front yet" at the reacted
-    # level: the core level moves slowly (fading), so frames whose level jumps from its running
-    # median towards q times it are fitted again with the level fixed to that median
-    b_run = _level_trend(b, 0.5 * abs(np.log(q)) if q > 0 else 0.3)
-    jump = np.abs(b / np.where(b_run != 0, b_run, np.nan) - 1) > 0.5 * abs(1 - q)
-    if jump.any() and jump.mean() < 0.3:
-        xj, wj, bj, _ = _grid_fit(y[jump], wts[jump], centres, q, deepest, level=b_run[jump],
-                                  base=None if base is None else base[jump])
-        x[jump], w[jump], b[jump] = xj, wj, bj
-    near = inside & (np.abs(centres[None, :] - x[:, None]) < LOCAL_PX)
-    xc, wc, bc, _ = _grid_fit(np.where(near, med, 0.0), np.where(near, np.sqrt(cnt), 0.0), centres, q, deepest,
-                              base=base)
-    refit = (x > 2 * LOCAL_PX / 4) & (near.sum(1) >= 12) & (np.abs(xc - x) < LOCAL_PX / 2)
-    x, w = np.where(refit, xc, x), np.where(refit, wc, w)
+    def passes(q, react):
+        # pass B: one level b per frame, q fixed (illumination changes are multiplicative)
+        x, w, b, _ = _grid_fit(y, wts, centres, q, deepest, base=base, positions=pos, reacted=react)
+        # pass C: the same with the bins within LOCAL_PX of that front only, so that levels far
+        # from the front (static thickness texture, illumination gradients, the field of view
+        # drifting over the particle) do not pull it
+        # a profile with (almost) no core bins left is as well fitted by "no front yet" at the
+        # reacted level: the core level moves slowly (fading), so frames whose level jumps from its
+        # running median towards q times it are fitted again with the level fixed to that median
+        b_run = _level_trend(b, 0.5 * abs(np.log(q)) if q > 0 else 0.3)
+        jump = np.abs(b / np.where(b_run != 0, b_run, np.nan) - 1) > 0.5 * abs(1 - q)
+        if jump.any() and jump.mean() < 0.3:
+            sub = (lambda a: None if a is None else a[jump])
+            xj, wj, bj, _ = _grid_fit(y[jump], wts[jump], centres, q, deepest, level=b_run[jump], base=sub(base),
+                                      positions=sub(pos), reacted=sub(react))
+            x[jump], w[jump], b[jump] = xj, wj, bj
+        near = inside & (np.abs(centres[None, :] - x[:, None]) < LOCAL_PX)
+        xc, wc, bc, _ = _grid_fit(np.where(near, med, 0.0), np.where(near, np.sqrt(cnt), 0.0), centres, q, deepest,
+                                  base=base, positions=pos, reacted=react)
+        refit = (x > 2 * LOCAL_PX / 4) & (near.sum(1) >= 12) & (np.abs(xc - x) < LOCAL_PX / 2)
+        return np.where(refit, xc, x), np.where(refit, wc, w), b
+
+    x, w, b = passes(q, None)
+    if base is not None and REACTED_TEXTURE:
+        # the part of the first frame's texture that stays once a bin has reacted (a support film
+        # under the particle, say): regress the reacted bins (well behind the front, level b
+        # divided out) on the first frame's profile; the fits again with that reacted profile
+        behind = inside & (centres[None, :] < (x - 3 * w)[:, None]) & (centres[None, :] >= BASE_FROM_PX) & (b > 0)[:, None]
+        if behind.sum() >= 20:
+            u = (base - 1.0)[behind]
+            v = (y / np.where(b > 0, b, 1.0)[:, None])[behind]
+            c_ = cnt[behind]
+            um, vm = np.average(u, weights=c_), np.average(v, weights=c_)
+            suu = float(np.average((u - um) ** 2, weights=c_))
+            if suu > 0:
+                g = float(np.clip(np.average((u - um) * (v - vm), weights=c_) / suu, 0.0, 1.0))
+                q = float(vm - g * um)
+                x, w, b = passes(q, q + g * (base - 1.0))
     # the swollen outline: the same step model on the vacuum side, levels free
     outside = (centres <= -D_LO_PX)[None, :] & good
     if outside.sum(1).min() >= 6:
@@ -552,13 +577,15 @@ def _level_trend(b, tol, degree=2, iters=4):
     return np.exp(np.polyval(coef, t))
 
 
-def _grid_fit(y, wts, centres, rho, deepest, level=None, base=None):
+def _grid_fit(y, wts, centres, rho, deepest, level=None, base=None, positions=None, reacted=None):
     """Least-squares step model per frame (rows of ``y``, bin ``centres`` ascending and evenly
     spaced, weights ``wts``); returns x, w, and the linear level(s).
 
     rho None: y = c + s Phi((x - d)/w) (two linear parameters); else y = b [m + (rho - m) Phi],
     with ``b`` fitted or, given ``level`` (n,), fixed to it, and ``m`` the unreacted profile
-    ``base`` (n, bins; default 1: a flat core level).
+    ``base`` (n, bins; default 1: a flat core level). ``positions`` (n, bins): the depth of each
+    bin's pixels (default its centre) for the smooth model. ``reacted`` (n, bins): the reacted
+    level of each bin in place of the constant ``rho``.
     Coarse: the best hard step between two bins, exactly, from cumulative sums. Fine: x on a
     ``X_STEP_PX`` grid within ``FINE_HALF_PX`` of it for every width in ``WIDTHS_PX``, with a
     parabola through the best x; Phi is evaluated only within 8 widths of the candidates (beyond,
@@ -576,12 +603,16 @@ def _grid_fit(y, wts, centres, rho, deepest, level=None, base=None):
     cM = np.concatenate([np.zeros((n, 1)), np.cumsum(W * M * M, 1)], 1)   # the unreacted side's sums
     cMY = np.concatenate([np.zeros((n, 1)), np.cumsum(Wy * M, 1)], 1)
     SM, SMY = cM[:, -1:], cMY[:, -1:]
+    if rho is not None:   # the reacted side's sums
+        R = np.full_like(y, float(rho)) if reacted is None else np.where(W > 0, np.asarray(reacted, np.float64), rho)
+        cR = np.concatenate([np.zeros((n, 1)), np.cumsum(W * R * R, 1)], 1)
+        cRY = np.concatenate([np.zeros((n, 1)), np.cumsum(Wy * R, 1)], 1)
     step_d = float(centres[1] - centres[0]) if m > 1 else BIN_PX
     with np.errstate(divide="ignore", invalid="ignore"):
         if rho is None:
             sse = -np.where(cW > 0, cY ** 2 / cW, 0.0) - np.where(SW - cW > 0, (SY - cY) ** 2 / (SW - cW), 0.0)
         else:
-            ll, yl = rho ** 2 * cW + (SM - cM), rho * cY + (SMY - cMY)
+            ll, yl = cR + (SM - cM), cRY + (SMY - cMY)
             if level is None:
                 sse = -np.where(ll > 0, yl ** 2 / ll, 0.0)
             else:
@@ -596,7 +627,8 @@ def _grid_fit(y, wts, centres, rho, deepest, level=None, base=None):
     best = None
     for k in (k1, k2):
         xc = np.clip(split[k], -1.0 + FINE_HALF_PX, deepest + 2.0 - FINE_HALF_PX)
-        res = _fine_fit(xc, centres, step_d, W, Wy, wyy, cW, cY, SW, SY, rho, level, (M, cM, cMY, SM, SMY))
+        res = _fine_fit(xc, centres, step_d, W, Wy, wyy, cW, cY, SW, SY, rho, level,
+                        (M, cM, cMY, SM, SMY) + ((R, cR, cRY) if rho is not None else (None,) * 3), positions)
         if best is None:
             best = res
         else:
@@ -605,7 +637,7 @@ def _grid_fit(y, wts, centres, rho, deepest, level=None, base=None):
     return best[:4]
 
 
-def _fine_fit(xc, centres, step_d, W, Wy, wyy, cW, cY, SW, SY, rho, level=None, unreacted=None):
+def _fine_fit(xc, centres, step_d, W, Wy, wyy, cW, cY, SW, SY, rho, level=None, unreacted=None, positions=None):
     """The smooth step model on a 0.1-px grid within FINE_HALF_PX of ``xc`` (see ``_grid_fit``):
     (x, w, level, step, residual) per frame."""
     n, m = W.shape
@@ -620,14 +652,19 @@ def _fine_fit(xc, centres, step_d, W, Wy, wyy, cW, cY, SW, SY, rho, level=None, 
     jj = np.minimum(jj, m - 1)
     je = np.minimum(j0 + n_win, m)
     cw = centres[jj]
+    if positions is not None:
+        pw = positions[rows[:, None], jj]
+        cw = np.where(np.isfinite(pw) & (np.abs(pw - cw) < step_d), pw, cw)
     Ww = np.where(inwin, W[rows[:, None], jj], 0.0)
     Wyw = np.where(inwin, Wy[rows[:, None], jj], 0.0)
     L0, LY = cW[rows, j0][:, None], cY[rows, j0][:, None]             # bins before the window: Phi = 1
     R0, RY = (SW[:, 0] - cW[rows, je])[:, None], (SY[:, 0] - cY[rows, je])[:, None]   # after: Phi = 0
-    if rho is not None:   # the unreacted side follows the profile m: sums of W m^2 and W y m
-        M, cM, cMY, SM, SMY = unreacted
-        Mw = np.where(inwin, M[rows[:, None], jj], 1.0)
+    if rho is not None:   # the unreacted side follows the profile m, the reacted one r: sums of W m^2, W y m, ...
+        M, cM, cMY, SM, SMY, R, cR, cRY = unreacted
+        Mw = np.where(inwin, M[rows[:, None], jj], 1.0)[:, None, :]
+        Rw = np.where(inwin, R[rows[:, None], jj], rho)[:, None, :]
         R0, RY = (SM[:, 0] - cM[rows, je])[:, None], (SMY[:, 0] - cMY[rows, je])[:, None]
+        L0, LY = cR[rows, j0][:, None], cRY[rows, j0][:, None]
     best_r = np.full(n, np.inf)
     out_x, out_w = np.zeros(n), np.zeros(n)
     out_a, out_b = np.zeros(n), np.zeros(n)
@@ -644,9 +681,9 @@ def _fine_fit(xc, centres, step_d, W, Wy, wyy, cW, cY, SW, SY, rho, level=None, 
             s = (s0 * t1 - s1 * t0) / det
             r = wyy[:, None] - c * t0 - s * t1
         else:
-            L = Mw[:, None, :] + (rho - Mw[:, None, :]) * phi
-            ll = rho ** 2 * L0 + R0 + np.einsum("nxw,nw->nx", L * L, Ww)
-            yl = rho * LY + RY + np.einsum("nxw,nw->nx", L, Wyw)
+            L = Mw + (Rw - Mw) * phi
+            ll = L0 + R0 + np.einsum("nxw,nw->nx", L * L, Ww)
+            yl = LY + RY + np.einsum("nxw,nw->nx", L, Wyw)
             s = np.zeros_like(yl)
             if level is None:
                 c = yl / np.where(ll > 0, ll, np.inf)
@@ -726,9 +763,10 @@ def _refine_lk(moving, reference, keep, d, iters=4, max_step=1.0, border=0.0, we
         if weight is not None:
             wgt = wgt * weight
         g = np.gradient(m)
-        basis = [m] + (list(g) if moving.ndim > 1 else [g])
-        A = np.array([[float(np.vdot(bi * wgt, bj)) for bj in basis] for bi in basis])
-        rhs = np.array([float(np.vdot(bi * wgt, reference)) for bi in basis])
+        basis = np.stack([m] + (list(g) if moving.ndim > 1 else [g])).reshape(moving.ndim + 1, -1)
+        bw = basis * wgt.reshape(1, -1)
+        A = bw @ basis.T
+        rhs = bw @ np.asarray(reference, np.float64).reshape(-1)
         try:
             u = np.linalg.solve(A, rhs)
         except np.linalg.LinAlgError:
@@ -845,7 +883,7 @@ def _front_and_outline(frames, shifts, depth, valid, edges, centres, reference=N
     if reference is None:
         med, cnt = front_profiles(frames, shifts, depth, valid, edges)
     else:
-        med, cnt, ref = front_profiles(frames, shifts, depth, valid, edges, reference)
+        med, cnt, ref, _ = front_profiles(frames, shifts, depth, valid, edges, reference)
         med = med / np.where(np.isfinite(ref) & (ref > 0), ref, np.nan)
         cnt = np.where(np.isfinite(med), cnt, 0)
         med = np.where(np.isfinite(med), med, 0.0)
