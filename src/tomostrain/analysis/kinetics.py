@@ -756,7 +756,8 @@ def _refine_lk(moving, reference, keep, d, iters=4, max_step=1.0, border=0.0, we
             m = ndimage.shift(moving, -d, order=1, mode="nearest", prefilter=False)
         else:   # a Fourier shift keeps the noise's variance whatever the sub-pixel phase (a linear
             # interpolation would smooth it by a phase-dependent amount and pull d to half pixels)
-            m = np.fft.irfftn(ndimage.fourier_shift(spec, -d, n=moving.shape[-1]), s=moving.shape)
+            m = np.fft.irfftn(ndimage.fourier_shift(spec, -d, n=moving.shape[-1]), s=moving.shape,
+                              axes=tuple(range(moving.ndim)))
         wgt = (keep & own & _inside(moving.shape, d, border)).astype(np.float32)
         if wgt.mean() < MIN_STABLE_FRACTION:
             break
