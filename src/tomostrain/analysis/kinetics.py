@@ -50,9 +50,17 @@ DETECT_PX = 2.0       # the power law is fitted to fronts deeper than this (and 
 BIN_TARGET_PX = 256   # registration FFTs run on frames block-averaged to about this many px per side
 N_LEVELS = 1024       # intensity levels of the per-bin histograms whose medians make the profiles
 MIN_CONTRAST = 0.08   # a step fit counts as a front only with |step| > this fraction of its far level
-LK_BAND_PX = (0.75, 3.0)  # Lucas-Kanade refinement on frames band-passed by these Gaussians (px)
+LK_BAND_PX = (0.75, 2.0)  # Lucas-Kanade refinement on frames band-passed by these Gaussians (px)
+FOURIER_LK = True     # Lucas-Kanade resamples the moving frame by a Fourier shift
+NOISE_WEIGHTED_LK = True  # Lucas-Kanade weights pixels by their inverse shot-noise variance
+MEAN_REFERENCE = True  # the last registration pass aligns to the mean of the aligned frames
+LK_BORDER = 2.5      # Lucas-Kanade leaves out this many of the band-pass's outer sigmas at the edges
 LOCAL_PX = 6.0        # the front's last fit uses the bins within this of the global fit's front
 FINE_HALF_PX = 3.0    # the fine front search spans the coarse change point +- this
+TEXTURE_REFERENCE = True  # the unreacted level of each depth bin follows the first frame's profile
+BIN_POSITIONS = True  # the smooth step model sees each bin at its pixels' mean depth
+REACTED_TEXTURE = True  # the reacted level of each bin keeps the part of the first frame's texture that stays
+BASE_FROM_PX = 3.5    # ... from this depth on (shallower bins: the first frame shows the outline's blur)
 
 
 @dataclass
@@ -228,9 +236,12 @@ def original_depth(first, *, vacuum="bright", supersample=None):
     return depth, valid, side
 
 
-def front_profiles(frames, shifts, depth, valid, edges):
+def front_profiles(frames, shifts, depth, valid, edges, reference=None):
     """Per-frame median of the (lightly smoothed) frame in bins of depth below the original
     outline: (medians (n, n_bins), counts (n, n_bins)). ``edges`` are the bin edges (pixels).
+    With ``reference`` (the first frame): also the medians of the reference over the same sample
+    points (the reference moved into each frame's pixels) and the mean depth of each bin's pixels,
+    (medians, counts, reference medians, mean depths).
 
     The medians come from a histogram per bin (``N_LEVELS`` intensity levels over the frame's
     range, linear inside the level): one ``bincount`` per frame, no sort."""
@@ -238,14 +249,24 @@ def front_profiles(frames, shifts, depth, valid, edges):
     n_bins = len(edges) - 1
     med = np.full((n, n_bins), np.nan)
     cnt = np.zeros((n, n_bins))
+    ref_med = None if reference is None else np.full((n, n_bins), np.nan)
+    pos = None if reference is None else np.full((n, n_bins), np.nan)
+    ref_s = None if reference is None else ndimage.gaussian_filter(np.asarray(reference, np.float32), SMOOTH_PX)
     masked = np.where(valid, depth, np.nan).astype(np.float32)
     for t in range(n):
         d = _moved(masked, shifts[t], np.nan)
         ok = np.isfinite(d) & (d >= edges[0]) & (d < edges[-1])
+        if ref_s is not None:
+            r = _moved(ref_s, shifts[t], np.nan)
+            ok &= np.isfinite(r)
         img = ndimage.gaussian_filter(np.asarray(frames[t], np.float32), SMOOTH_PX)
         idx = np.minimum(((d[ok] - edges[0]) / (edges[1] - edges[0])).astype(np.int64), n_bins - 1)
         med[t], cnt[t] = _bin_medians(img[ok], idx, n_bins)
-    return med, cnt
+        if ref_s is not None:
+            ref_med[t] = _bin_medians(r[ok], idx, n_bins)[0]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pos[t] = np.bincount(idx, weights=d[ok], minlength=n_bins) / cnt[t]
+    return (med, cnt) if reference is None else (med, cnt, ref_med, pos)
 
 
 class ProfileStep:
@@ -255,14 +276,18 @@ class ProfileStep:
     kind = ("map", "map")
     minimum = 1
 
-    def __init__(self, frames, shifts, depth, valid, edges):
+    def __init__(self, frames, shifts, depth, valid, edges, reference=None):
         self.frames, self.shifts = np.asarray(frames, np.float32), np.asarray(shifts, np.float64)
         self.depth, self.valid, self.edges = depth, valid, np.asarray(edges)
+        self.reference = None if reference is None else np.asarray(reference, np.float32)
+        if self.reference is not None:
+            self.kind = ("map", "map", "map", "map")
         self.n_items = int(self.frames.shape[0])
-        self.bytes_per_item = int(self.frames[0].nbytes) * 6 + 16 * len(self.edges) * (N_LEVELS + 2)
+        self.bytes_per_item = int(self.frames[0].nbytes) * 8 + 24 * len(self.edges) * (N_LEVELS + 2)
 
     def process(self, items: slice):
-        return front_profiles(self.frames[items], self.shifts[items], self.depth, self.valid, self.edges)
+        return front_profiles(self.frames[items], self.shifts[items], self.depth, self.valid, self.edges,
+                              self.reference)
 
 
 def _bin_medians(values, idx, n_bins, n_levels=N_LEVELS):
@@ -451,43 +476,78 @@ def _measure(frames, shifts, depth, valid, executor=None):
     """Front depth, width, contrast ratio, levels, deepest measured bin and the outward swelling
     (pixels beyond the original outline) from the depth profiles of every frame."""
     edges, centres = _edges(depth, valid)
+    reference = frames[0] if TEXTURE_REFERENCE else None
     if executor is None:
-        med, cnt = front_profiles(frames, shifts, depth, valid, edges)
+        prof = front_profiles(frames, shifts, depth, valid, edges, reference)
     else:
         from ..distributed import collect
 
-        med, cnt = collect(executor, ProfileStep(frames, shifts, depth, valid, edges))
+        prof = collect(executor, ProfileStep(frames, shifts, depth, valid, edges, reference))
+    med, cnt = prof[0], prof[1]
     good = cnt >= MIN_BIN_COUNT
     inside = (centres >= D_LO_PX)[None, :] & good
     deepest = float(centres[inside.any(0)].max()) if inside.any() else D_LO_PX
     y = np.where(inside, med, 0.0)
     wts = np.where(inside, np.sqrt(cnt), 0.0)
+    base = pos = None
+    if reference is not None:   # the unreacted level of each bin: the first frame's (texture)
+        ref, pos = prof[2], (prof[3] if BIN_POSITIONS else None)
+        ok0 = inside[0] & np.isfinite(ref[0])
+        if ok0.any():
+            base = np.where(inside & np.isfinite(ref), ref, np.nan) / float(np.median(ref[0][ok0]))
+            base = np.where(np.isfinite(base) & (base > 0), base, 1.0)
+            # within BASE_FROM_PX of the outline the first frame shows the outline's blur, not the
+            # core: those bins take the value of the first bin beyond it
+            j = int(np.searchsorted(centres, BASE_FROM_PX))
+            if j < len(centres):
+                base[:, :j] = base[:, j:j + 1]
     # pass A: free levels per frame (core c, reacted c + s): the reacted/core intensity ratio q
     # from the frames where both levels are in view and the step is a real one (not a fit to noise
     # before the front appears)
-    xa, _, ca, sa = _grid_fit(y, wts, centres, None, deepest)
+    xa, _, ca, sa = _grid_fit(y if base is None else y / base, wts, centres, None, deepest)
     ratio = (ca + sa) / np.where(ca != 0, ca, np.nan)
     ok = (xa > 4.0) & (xa < deepest - 6.0) & np.isfinite(ratio)
     strong = ok & (np.abs(sa) > MIN_CONTRAST * np.abs(ca))
     pick = strong if strong.sum() >= 3 else (ok if ok.sum() >= 3 else np.isfinite(ratio))
     q = float(np.nanmedian(ratio[pick]))
-    # pass B: one level b per frame, q fixed (illumination changes are multiplicative)
-    x, w, b, _ = _grid_fit(y, wts, centres, q, deepest)
-    # pass C: the same with the bins within LOCAL_PX of that front only, so that levels far from
-    # the front (static thickness texture, illumination gradients, the field of view drifting over
-    # the particle) do not pull it
-    # a profile with (almost) no core bins left is as well fitted by "no front yet" at the reacted
-    # level: the core level moves slowly (fading), so frames whose level jumps from its running
-    # median towards q times it are fitted again with the level fixed to that median
-    b_run = _level_trend(b, 0.5 * abs(np.log(q)) if q > 0 else 0.3)
-    jump = np.abs(b / np.where(b_run != 0, b_run, np.nan) - 1) > 0.5 * abs(1 - q)
-    if jump.any() and jump.mean() < 0.3:
-        xj, wj, bj, _ = _grid_fit(y[jump], wts[jump], centres, q, deepest, level=b_run[jump])
-        x[jump], w[jump], b[jump] = xj, wj, bj
-    near = inside & (np.abs(centres[None, :] - x[:, None]) < LOCAL_PX)
-    xc, wc, bc, _ = _grid_fit(np.where(near, med, 0.0), np.where(near, np.sqrt(cnt), 0.0), centres, q, deepest)
-    refit = (x > 2 * LOCAL_PX / 4) & (near.sum(1) >= 12) & (np.abs(xc - x) < LOCAL_PX / 2)
-    x, w = np.where(refit, xc, x), np.where(refit, wc, w)
+    def passes(q, react):
+        # pass B: one level b per frame, q fixed (illumination changes are multiplicative)
+        x, w, b, _ = _grid_fit(y, wts, centres, q, deepest, base=base, positions=pos, reacted=react)
+        # pass C: the same with the bins within LOCAL_PX of that front only, so that levels far
+        # from the front (static thickness texture, illumination gradients, the field of view
+        # drifting over the particle) do not pull it
+        # a profile with (almost) no core bins left is as well fitted by "no front yet" at the
+        # reacted level: the core level moves slowly (fading), so frames whose level jumps from its
+        # running median towards q times it are fitted again with the level fixed to that median
+        b_run = _level_trend(b, 0.5 * abs(np.log(q)) if q > 0 else 0.3)
+        jump = np.abs(b / np.where(b_run != 0, b_run, np.nan) - 1) > 0.5 * abs(1 - q)
+        if jump.any() and jump.mean() < 0.3:
+            sub = (lambda a: None if a is None else a[jump])
+            xj, wj, bj, _ = _grid_fit(y[jump], wts[jump], centres, q, deepest, level=b_run[jump], base=sub(base),
+                                      positions=sub(pos), reacted=sub(react))
+            x[jump], w[jump], b[jump] = xj, wj, bj
+        near = inside & (np.abs(centres[None, :] - x[:, None]) < LOCAL_PX)
+        xc, wc, bc, _ = _grid_fit(np.where(near, med, 0.0), np.where(near, np.sqrt(cnt), 0.0), centres, q, deepest,
+                                  base=base, positions=pos, reacted=react)
+        refit = (x > 2 * LOCAL_PX / 4) & (near.sum(1) >= 12) & (np.abs(xc - x) < LOCAL_PX / 2)
+        return np.where(refit, xc, x), np.where(refit, wc, w), b
+
+    x, w, b = passes(q, None)
+    if base is not None and REACTED_TEXTURE:
+        # the part of the first frame's texture that stays once a bin has reacted (a support film
+        # under the particle, say): regress the reacted bins (well behind the front, level b
+        # divided out) on the first frame's profile; the fits again with that reacted profile
+        behind = inside & (centres[None, :] < (x - 3 * w)[:, None]) & (centres[None, :] >= BASE_FROM_PX) & (b > 0)[:, None]
+        if behind.sum() >= 20:
+            u = (base - 1.0)[behind]
+            v = (y / np.where(b > 0, b, 1.0)[:, None])[behind]
+            c_ = cnt[behind]
+            um, vm = np.average(u, weights=c_), np.average(v, weights=c_)
+            suu = float(np.average((u - um) ** 2, weights=c_))
+            if suu > 0:
+                g = float(np.clip(np.average((u - um) * (v - vm), weights=c_) / suu, 0.0, 1.0))
+                q = float(vm - g * um)
+                x, w, b = passes(q, q + g * (base - 1.0))
     # the swollen outline: the same step model on the vacuum side, levels free
     outside = (centres <= -D_LO_PX)[None, :] & good
     if outside.sum(1).min() >= 6:
@@ -517,12 +577,15 @@ def _level_trend(b, tol, degree=2, iters=4):
     return np.exp(np.polyval(coef, t))
 
 
-def _grid_fit(y, wts, centres, rho, deepest, level=None):
+def _grid_fit(y, wts, centres, rho, deepest, level=None, base=None, positions=None, reacted=None):
     """Least-squares step model per frame (rows of ``y``, bin ``centres`` ascending and evenly
     spaced, weights ``wts``); returns x, w, and the linear level(s).
 
-    rho None: y = c + s Phi((x - d)/w) (two linear parameters); else y = b [1 + (rho-1) Phi],
-    with ``b`` fitted or, given ``level`` (n,), fixed to it.
+    rho None: y = c + s Phi((x - d)/w) (two linear parameters); else y = b [m + (rho - m) Phi],
+    with ``b`` fitted or, given ``level`` (n,), fixed to it, and ``m`` the unreacted profile
+    ``base`` (n, bins; default 1: a flat core level). ``positions`` (n, bins): the depth of each
+    bin's pixels (default its centre) for the smooth model. ``reacted`` (n, bins): the reacted
+    level of each bin in place of the constant ``rho``.
     Coarse: the best hard step between two bins, exactly, from cumulative sums. Fine: x on a
     ``X_STEP_PX`` grid within ``FINE_HALF_PX`` of it for every width in ``WIDTHS_PX``, with a
     parabola through the best x; Phi is evaluated only within 8 widths of the candidates (beyond,
@@ -536,12 +599,20 @@ def _grid_fit(y, wts, centres, rho, deepest, level=None):
     cW = np.concatenate([np.zeros((n, 1)), np.cumsum(W, 1)], 1)     # sums over bins < k
     cY = np.concatenate([np.zeros((n, 1)), np.cumsum(Wy, 1)], 1)
     SW, SY = cW[:, -1:], cY[:, -1:]
+    M = np.ones_like(y) if base is None else np.where(W > 0, np.asarray(base, np.float64), 1.0)
+    cM = np.concatenate([np.zeros((n, 1)), np.cumsum(W * M * M, 1)], 1)   # the unreacted side's sums
+    cMY = np.concatenate([np.zeros((n, 1)), np.cumsum(Wy * M, 1)], 1)
+    SM, SMY = cM[:, -1:], cMY[:, -1:]
+    if rho is not None:   # the reacted side's sums
+        R = np.full_like(y, float(rho)) if reacted is None else np.where(W > 0, np.asarray(reacted, np.float64), rho)
+        cR = np.concatenate([np.zeros((n, 1)), np.cumsum(W * R * R, 1)], 1)
+        cRY = np.concatenate([np.zeros((n, 1)), np.cumsum(Wy * R, 1)], 1)
     step_d = float(centres[1] - centres[0]) if m > 1 else BIN_PX
     with np.errstate(divide="ignore", invalid="ignore"):
         if rho is None:
             sse = -np.where(cW > 0, cY ** 2 / cW, 0.0) - np.where(SW - cW > 0, (SY - cY) ** 2 / (SW - cW), 0.0)
         else:
-            ll, yl = rho ** 2 * cW + (SW - cW), rho * cY + (SY - cY)
+            ll, yl = cR + (SM - cM), cRY + (SMY - cMY)
             if level is None:
                 sse = -np.where(ll > 0, yl ** 2 / ll, 0.0)
             else:
@@ -556,7 +627,8 @@ def _grid_fit(y, wts, centres, rho, deepest, level=None):
     best = None
     for k in (k1, k2):
         xc = np.clip(split[k], -1.0 + FINE_HALF_PX, deepest + 2.0 - FINE_HALF_PX)
-        res = _fine_fit(xc, centres, step_d, W, Wy, wyy, cW, cY, SW, SY, rho, level)
+        res = _fine_fit(xc, centres, step_d, W, Wy, wyy, cW, cY, SW, SY, rho, level,
+                        (M, cM, cMY, SM, SMY) + ((R, cR, cRY) if rho is not None else (None,) * 3), positions)
         if best is None:
             best = res
         else:
@@ -565,7 +637,7 @@ def _grid_fit(y, wts, centres, rho, deepest, level=None):
     return best[:4]
 
 
-def _fine_fit(xc, centres, step_d, W, Wy, wyy, cW, cY, SW, SY, rho, level=None):
+def _fine_fit(xc, centres, step_d, W, Wy, wyy, cW, cY, SW, SY, rho, level=None, unreacted=None, positions=None):
     """The smooth step model on a 0.1-px grid within FINE_HALF_PX of ``xc`` (see ``_grid_fit``):
     (x, w, level, step, residual) per frame."""
     n, m = W.shape
@@ -580,10 +652,19 @@ def _fine_fit(xc, centres, step_d, W, Wy, wyy, cW, cY, SW, SY, rho, level=None):
     jj = np.minimum(jj, m - 1)
     je = np.minimum(j0 + n_win, m)
     cw = centres[jj]
+    if positions is not None:
+        pw = positions[rows[:, None], jj]
+        cw = np.where(np.isfinite(pw) & (np.abs(pw - cw) < step_d), pw, cw)
     Ww = np.where(inwin, W[rows[:, None], jj], 0.0)
     Wyw = np.where(inwin, Wy[rows[:, None], jj], 0.0)
     L0, LY = cW[rows, j0][:, None], cY[rows, j0][:, None]             # bins before the window: Phi = 1
     R0, RY = (SW[:, 0] - cW[rows, je])[:, None], (SY[:, 0] - cY[rows, je])[:, None]   # after: Phi = 0
+    if rho is not None:   # the unreacted side follows the profile m, the reacted one r: sums of W m^2, W y m, ...
+        M, cM, cMY, SM, SMY, R, cR, cRY = unreacted
+        Mw = np.where(inwin, M[rows[:, None], jj], 1.0)[:, None, :]
+        Rw = np.where(inwin, R[rows[:, None], jj], rho)[:, None, :]
+        R0, RY = (SM[:, 0] - cM[rows, je])[:, None], (SMY[:, 0] - cMY[rows, je])[:, None]
+        L0, LY = cR[rows, j0][:, None], cRY[rows, j0][:, None]
     best_r = np.full(n, np.inf)
     out_x, out_w = np.zeros(n), np.zeros(n)
     out_a, out_b = np.zeros(n), np.zeros(n)
@@ -600,9 +681,9 @@ def _fine_fit(xc, centres, step_d, W, Wy, wyy, cW, cY, SW, SY, rho, level=None):
             s = (s0 * t1 - s1 * t0) / det
             r = wyy[:, None] - c * t0 - s * t1
         else:
-            L = 1.0 + (rho - 1.0) * phi
-            ll = rho ** 2 * L0 + R0 + np.einsum("nxw,nw->nx", L * L, Ww)
-            yl = rho * LY + RY + np.einsum("nxw,nw->nx", L, Wyw)
+            L = Mw + (Rw - Mw) * phi
+            ll = L0 + R0 + np.einsum("nxw,nw->nx", L * L, Ww)
+            yl = LY + RY + np.einsum("nxw,nw->nx", L, Wyw)
             s = np.zeros_like(yl)
             if level is None:
                 c = yl / np.where(ll > 0, ll, np.inf)
@@ -649,31 +730,44 @@ def _bandpass(image, lo=0.75, hi=3.0):
     return ndimage.gaussian_filter(image, lo) - ndimage.gaussian_filter(image, hi)
 
 
-def _inside(shape, d):
-    """Mask of the pixels p whose p + d lies inside an image of ``shape``."""
+def _inside(shape, d, border=0.0):
+    """Mask of the pixels p whose p + d lies inside an image of ``shape`` (at least ``border``
+    pixels from its edges)."""
     out = None
     for axis, (size, da) in enumerate(zip(shape, d)):
         i = np.arange(size) + da
-        ok = ((i >= 0) & (i <= size - 1)).reshape([-1 if a == axis else 1 for a in range(len(shape))])
+        ok = ((i >= border) & (i <= size - 1 - border)).reshape([-1 if a == axis else 1 for a in range(len(shape))])
         out = ok if out is None else out & ok
     return out
 
 
-def _refine_lk(moving, reference, keep, d, iters=4, max_step=1.0):
+def _refine_lk(moving, reference, keep, d, iters=4, max_step=1.0, border=0.0, weight=None):
     """Sub-pixel refinement of ``d`` (``a moving(p + d) ~ reference(p)``, both band-passed, same
     grid, ``a`` a free gain: fading and flicker) by Gauss-Newton on the masked squared difference
     (Lucas-Kanade): per iteration one linear resampling, one gradient and a small solve for
-    (a, a delta). Returns d (unchanged where singular)."""
+    (a, a delta). Pixels within ``border`` of either image's edge are left out (the band-pass
+    filter reflects there, differently in the two images). ``weight`` (reference grid): per-pixel
+    weights, e.g. the inverse noise variance. Returns d (unchanged where singular)."""
     d = np.asarray(d, np.float64).copy()
+    own = _inside(moving.shape, np.zeros(moving.ndim), border)
+    spec = np.fft.rfftn(moving) if FOURIER_LK else None
     for _ in range(iters):
-        m = ndimage.shift(moving, -d, order=1, mode="nearest", prefilter=False)
-        wgt = (keep & _inside(moving.shape, d)).astype(np.float32)
+        if spec is None:
+            m = ndimage.shift(moving, -d, order=1, mode="nearest", prefilter=False)
+        else:   # a Fourier shift keeps the noise's variance whatever the sub-pixel phase (a linear
+            # interpolation would smooth it by a phase-dependent amount and pull d to half pixels)
+            m = np.fft.irfftn(ndimage.fourier_shift(spec, -d, n=moving.shape[-1]), s=moving.shape,
+                              axes=tuple(range(moving.ndim)))
+        wgt = (keep & own & _inside(moving.shape, d, border)).astype(np.float32)
         if wgt.mean() < MIN_STABLE_FRACTION:
             break
+        if weight is not None:
+            wgt = wgt * weight
         g = np.gradient(m)
-        basis = [m] + (list(g) if moving.ndim > 1 else [g])
-        A = np.array([[float(np.vdot(bi * wgt, bj)) for bj in basis] for bi in basis])
-        rhs = np.array([float(np.vdot(bi * wgt, reference)) for bi in basis])
+        basis = np.stack([m] + (list(g) if moving.ndim > 1 else [g])).reshape(moving.ndim + 1, -1)
+        bw = basis * wgt.reshape(1, -1)
+        A = bw @ basis.T
+        rhs = bw @ np.asarray(reference, np.float64).reshape(-1)
         try:
             u = np.linalg.solve(A, rhs)
         except np.linalg.LinAlgError:
@@ -687,7 +781,7 @@ def _refine_lk(moving, reference, keep, d, iters=4, max_step=1.0):
     return d
 
 
-def _register_sequential(frames, depth, valid, chain, backend, margin=6.0, search=4.0, final_margin=4.0):
+def _register_sequential(frames, depth, valid, chain, backend, margin=7.0, search=4.0, final_margin=7.0):
     """Shifts frame by frame against frame 0, masked to the content that frame t-1 showed stable
     (core deeper than its front, vacuum beyond its swollen outline, each ``margin`` px clear).
 
@@ -708,6 +802,8 @@ def _register_sequential(frames, depth, valid, chain, backend, margin=6.0, searc
     xp = be.xp_of(ref_c)
     band = (LK_BAND_PX[0] / bl ** 0.5, LK_BAND_PX[1] / bl)
     ref_f = _bandpass(fine[0], *band)
+    edge = LK_BORDER * band[1]   # the band-pass filter's reach: its reflection at the edges differs
+    noise_w = _shot_noise_weight(fine[0]) if NOISE_WEIGHTED_LK else None
     depth_c = _block_mean(depth[None], b)[0]
     depth_f = _block_mean(depth[None], bl)[0]
     valid_f = _block_mean(valid[None].astype(np.float32), bl)[0] > 0.999
@@ -734,25 +830,64 @@ def _register_sequential(frames, depth, valid, chain, backend, margin=6.0, searc
                           whiten=True, lowpass_px=1.0, max_shift=radius / b + 1)[0]
             if np.isfinite(dc).all():
                 d = (dc + r) * b
-        shifts[t] = bl * _refine_lk(_bandpass(fine[t], *band), ref_f, keep_f, d / bl)
+        shifts[t] = bl * _refine_lk(_bandpass(fine[t], *band), ref_f, keep_f, d / bl, border=edge, weight=noise_w)
         # depth_f holds full-resolution pixels; only its grid is coarser
-        x, sw = _front_and_outline(fine[t:t + 1], shifts[t:t + 1] / bl, depth_f, valid_f, edges, centres)
+        x, sw = _front_and_outline(fine[t:t + 1], shifts[t:t + 1] / bl, depth_f, valid_f, edges, centres,
+                                   fine[0] if TEXTURE_REFERENCE else None)
         if x is not None:
             x_prev = float(np.clip(x, x_prev, x_prev + margin))
         if sw is not None:
             sw_prev = float(np.clip(sw, sw_prev, sw_prev + margin))
         fronts[t] = x_prev, sw_prev
-    # once more, masks clear of each frame's own front and outline
+    # once more, masks clear of each frame's own front and outline, against a reference with less
+    # noise than frame 0 (whose noise would be common to every frame's shift): the mean of the
+    # aligned frames over the content each showed stable, each divided by its gain
+    keeps = [(depth_f > fronts[t, 0] + final_margin) | (depth_f < -fronts[t, 1] - final_margin) for t in range(n)]
+    if MEAN_REFERENCE:
+        own = _inside(depth_f.shape, np.zeros(ndim), edge)
+        acc = np.zeros(depth_f.shape)
+        wsum = np.zeros(depth_f.shape)
+        for t in range(n):
+            al = ndimage.shift(_bandpass(fine[t], *band), -shifts[t] / bl, order=1, mode="nearest", prefilter=False)
+            w = keeps[t] & own & _inside(depth_f.shape, shifts[t] / bl, edge)
+            den = float(np.vdot(ref_f[w], ref_f[w]))
+            gain = float(np.vdot(al[w], ref_f[w])) / den if den > 0 else 0.0
+            if gain > 0:
+                acc[w] += al[w] / gain
+                wsum[w] += 1
+        ref_f = np.where(wsum > 0, acc / np.maximum(wsum, 1), ref_f)
     for t in range(1, n):
-        keep_f = (depth_f > fronts[t, 0] + final_margin) | (depth_f < -fronts[t, 1] - final_margin)
-        shifts[t] = bl * _refine_lk(_bandpass(fine[t], *band), ref_f, keep_f, shifts[t] / bl)
+        shifts[t] = bl * _refine_lk(_bandpass(fine[t], *band), ref_f, keeps[t], shifts[t] / bl, border=edge,
+                                    weight=noise_w)
     return shifts
 
 
-def _front_and_outline(frames, shifts, depth, valid, edges, centres):
+def _shot_noise_weight(first, sigma=2.0, floor=0.01):
+    """Inverse shot-noise variance per pixel (Poisson: variance proportional to the mean), from the
+    smoothed first frame, with a floor of ``floor`` times its 99th percentile (read noise; any
+    scale of the intensities), normalised to a mean of 1. Dark-field vacuum (few counts, support
+    film texture) then counts for what its noise allows instead of being swamped by the bright
+    and noisier material."""
+    level = ndimage.gaussian_filter(np.asarray(first, np.float64), sigma)
+    top = float(np.percentile(level, 99))
+    if not top > 0:
+        return None
+    w = 1.0 / np.maximum(level, floor * top)
+    return (w / w.mean()).astype(np.float32)
+
+
+def _front_and_outline(frames, shifts, depth, valid, edges, centres, reference=None):
     """(front, swollen outline) in pixels of one frame from step fits with free levels on either
-    side of the original outline; None where too few bins or no clear step."""
-    med, cnt = front_profiles(frames, shifts, depth, valid, edges)
+    side of the original outline; None where too few bins or no clear step. With ``reference``
+    (the first frame) the fits see the frame's profile divided by the reference's over the same
+    sample points: flat where nothing changed, whatever the texture or illumination gradient."""
+    if reference is None:
+        med, cnt = front_profiles(frames, shifts, depth, valid, edges)
+    else:
+        med, cnt, ref, _ = front_profiles(frames, shifts, depth, valid, edges, reference)
+        med = med / np.where(np.isfinite(ref) & (ref > 0), ref, np.nan)
+        cnt = np.where(np.isfinite(med), cnt, 0)
+        med = np.where(np.isfinite(med), med, 0.0)
     good = cnt >= MIN_BIN_COUNT
     out = []
     for sign in (1, -1):
