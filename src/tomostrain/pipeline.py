@@ -191,6 +191,16 @@ def _decode_json_attrs(tree: dict, paths: list[str]) -> None:
             attrs[name] = json.loads(attrs[name])
 
 
+def _nonnegative_used(method, nonnegative):
+    """The non-negativity the iterative ``method`` runs with: the value given, else the solver's own
+    default (``reconstruction.iterative.NONNEGATIVE_DEFAULT``); None for the other methods."""
+    if nonnegative is not None or method not in validation.NONNEGATIVE_METHODS:
+        return nonnegative
+    from .reconstruction.iterative import NONNEGATIVE_DEFAULT
+
+    return NONNEGATIVE_DEFAULT[method]
+
+
 @safety.entry_point
 def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0, angles=None,
          voxel_size_nm=None, align=False, tilt_axis_deg=None, backend="auto", command="",
@@ -233,10 +243,7 @@ def tomo(input, output, *, method="fbp", iterations=None, center=None, segment=0
                               "xf": None if xf is None else str(xf), "rings": rings, "zingers": zingers,
                               "paganin": paganin, "beam_background": beam_background,
                               "center_method": center_method, "classes": classes, "nonnegative": nonnegative})
-    if method in validation.NONNEGATIVE_METHODS and nonnegative is None:
-        from .reconstruction.iterative import NONNEGATIVE_DEFAULT
-
-        nonnegative = NONNEGATIVE_DEFAULT[method]
+    nonnegative = _nonnegative_used(method, nonnegative)
     params = {"tomo": {"input": str(input), "method": method, "iterations": iterations, "center": center,
                        "segment": segment, "voxel_size_nm": voxel_size_nm, "align": bool(align),
                        "tilt_axis_deg": tilt_axis_deg}}
@@ -931,11 +938,11 @@ def run_job(path, command: str = "", cluster=None) -> Path:
     settings = spec.get("job", {})
     sections = {k: dict(spec[k]) for k in validation.WORK_SECTIONS if k in spec}
     tomo_section = sections.get("tomo")
-    tomo_method = (tomo_section or {}).get("method", validation.TomoOptions.model_fields["method"].default)
-    if tomo_section and tomo_section.get("nonnegative") is None and tomo_method in validation.NONNEGATIVE_METHODS:
-        from .reconstruction.iterative import NONNEGATIVE_DEFAULT
-
-        tomo_section["nonnegative"] = NONNEGATIVE_DEFAULT[tomo_method]  # the value used, in /provenance
+    if tomo_section:   # the value used goes into /provenance (and the checkpoint key)
+        used = _nonnegative_used(tomo_section.get("method", validation.TomoOptions.model_fields["method"].default),
+                                 tomo_section.get("nonnegative"))
+        if used is not None:
+            tomo_section["nonnegative"] = used
     for name, section in sections.items():
         for key in validation.path_fields(name):  # relative paths are taken from the job file's folder
             value = section.get(key)

@@ -51,16 +51,10 @@ BIN_TARGET_PX = 256   # registration FFTs run on frames block-averaged to about 
 N_LEVELS = 1024       # intensity levels of the per-bin histograms whose medians make the profiles
 MIN_CONTRAST = 0.08   # a step fit counts as a front only with |step| > this fraction of its far level
 LK_BAND_PX = (0.75, 2.0)  # Lucas-Kanade refinement on frames band-passed by these Gaussians (px)
-FOURIER_LK = True     # Lucas-Kanade resamples the moving frame by a Fourier shift
-NOISE_WEIGHTED_LK = True  # Lucas-Kanade weights pixels by their inverse shot-noise variance
-MEAN_REFERENCE = True  # the last registration pass aligns to the mean of the aligned frames
 LK_BORDER = 2.5      # Lucas-Kanade leaves out this many of the band-pass's outer sigmas at the edges
 LOCAL_PX = 6.0        # the front's last fit uses the bins within this of the global fit's front
 FINE_HALF_PX = 3.0    # the fine front search spans the coarse change point +- this
-TEXTURE_REFERENCE = True  # the unreacted level of each depth bin follows the first frame's profile
-BIN_POSITIONS = True  # the smooth step model sees each bin at its pixels' mean depth
-REACTED_TEXTURE = True  # the reacted level of each bin keeps the part of the first frame's texture that stays
-BASE_FROM_PX = 3.5    # ... from this depth on (shallower bins: the first frame shows the outline's blur)
+BASE_FROM_PX = 3.5    # the unreacted level of a bin follows the first frame's profile from this depth on (shallower bins: the first frame shows the outline's blur)
 
 
 @dataclass
@@ -476,7 +470,7 @@ def _measure(frames, shifts, depth, valid, executor=None):
     """Front depth, width, contrast ratio, levels, deepest measured bin and the outward swelling
     (pixels beyond the original outline) from the depth profiles of every frame."""
     edges, centres = _edges(depth, valid)
-    reference = frames[0] if TEXTURE_REFERENCE else None
+    reference = frames[0]   # the unreacted level of each depth bin follows the first frame's profile
     if executor is None:
         prof = front_profiles(frames, shifts, depth, valid, edges, reference)
     else:
@@ -491,7 +485,7 @@ def _measure(frames, shifts, depth, valid, executor=None):
     wts = np.where(inside, np.sqrt(cnt), 0.0)
     base = pos = None
     if reference is not None:   # the unreacted level of each bin: the first frame's (texture)
-        ref, pos = prof[2], (prof[3] if BIN_POSITIONS else None)
+        ref, pos = prof[2], prof[3]   # the step model sees each bin at its pixels' mean depth
         ok0 = inside[0] & np.isfinite(ref[0])
         if ok0.any():
             base = np.where(inside & np.isfinite(ref), ref, np.nan) / float(np.median(ref[0][ok0]))
@@ -533,7 +527,7 @@ def _measure(frames, shifts, depth, valid, executor=None):
         return np.where(refit, xc, x), np.where(refit, wc, w), b
 
     x, w, b = passes(q, None)
-    if base is not None and REACTED_TEXTURE:
+    if base is not None:
         # the part of the first frame's texture that stays once a bin has reacted (a support film
         # under the particle, say): regress the reacted bins (well behind the front, level b
         # divided out) on the first frame's profile; the fits again with that reacted profile
@@ -744,20 +738,18 @@ def _inside(shape, d, border=0.0):
 def _refine_lk(moving, reference, keep, d, iters=4, max_step=1.0, border=0.0, weight=None):
     """Sub-pixel refinement of ``d`` (``a moving(p + d) ~ reference(p)``, both band-passed, same
     grid, ``a`` a free gain: fading and flicker) by Gauss-Newton on the masked squared difference
-    (Lucas-Kanade): per iteration one linear resampling, one gradient and a small solve for
+    (Lucas-Kanade): per iteration one Fourier-shift resampling, one gradient and a small solve for
     (a, a delta). Pixels within ``border`` of either image's edge are left out (the band-pass
     filter reflects there, differently in the two images). ``weight`` (reference grid): per-pixel
     weights, e.g. the inverse noise variance. Returns d (unchanged where singular)."""
     d = np.asarray(d, np.float64).copy()
     own = _inside(moving.shape, np.zeros(moving.ndim), border)
-    spec = np.fft.rfftn(moving) if FOURIER_LK else None
+    spec = np.fft.rfftn(moving)
     for _ in range(iters):
-        if spec is None:
-            m = ndimage.shift(moving, -d, order=1, mode="nearest", prefilter=False)
-        else:   # a Fourier shift keeps the noise's variance whatever the sub-pixel phase (a linear
-            # interpolation would smooth it by a phase-dependent amount and pull d to half pixels)
-            m = np.fft.irfftn(ndimage.fourier_shift(spec, -d, n=moving.shape[-1]), s=moving.shape,
-                              axes=tuple(range(moving.ndim)))
+        # a Fourier shift keeps the noise's variance whatever the sub-pixel phase (a linear
+        # interpolation would smooth it by a phase-dependent amount and pull d to half pixels)
+        m = np.fft.irfftn(ndimage.fourier_shift(spec, -d, n=moving.shape[-1]), s=moving.shape,
+                          axes=tuple(range(moving.ndim)))
         wgt = (keep & own & _inside(moving.shape, d, border)).astype(np.float32)
         if wgt.mean() < MIN_STABLE_FRACTION:
             break
@@ -803,7 +795,7 @@ def _register_sequential(frames, depth, valid, chain, backend, margin=7.0, searc
     band = (LK_BAND_PX[0] / bl ** 0.5, LK_BAND_PX[1] / bl)
     ref_f = _bandpass(fine[0], *band)
     edge = LK_BORDER * band[1]   # the band-pass filter's reach: its reflection at the edges differs
-    noise_w = _shot_noise_weight(fine[0]) if NOISE_WEIGHTED_LK else None
+    noise_w = _shot_noise_weight(fine[0])
     depth_c = _block_mean(depth[None], b)[0]
     depth_f = _block_mean(depth[None], bl)[0]
     valid_f = _block_mean(valid[None].astype(np.float32), bl)[0] > 0.999
@@ -833,7 +825,7 @@ def _register_sequential(frames, depth, valid, chain, backend, margin=7.0, searc
         shifts[t] = bl * _refine_lk(_bandpass(fine[t], *band), ref_f, keep_f, d / bl, border=edge, weight=noise_w)
         # depth_f holds full-resolution pixels; only its grid is coarser
         x, sw = _front_and_outline(fine[t:t + 1], shifts[t:t + 1] / bl, depth_f, valid_f, edges, centres,
-                                   fine[0] if TEXTURE_REFERENCE else None)
+                                   fine[0])
         if x is not None:
             x_prev = float(np.clip(x, x_prev, x_prev + margin))
         if sw is not None:
@@ -843,19 +835,18 @@ def _register_sequential(frames, depth, valid, chain, backend, margin=7.0, searc
     # noise than frame 0 (whose noise would be common to every frame's shift): the mean of the
     # aligned frames over the content each showed stable, each divided by its gain
     keeps = [(depth_f > fronts[t, 0] + final_margin) | (depth_f < -fronts[t, 1] - final_margin) for t in range(n)]
-    if MEAN_REFERENCE:
-        own = _inside(depth_f.shape, np.zeros(ndim), edge)
-        acc = np.zeros(depth_f.shape)
-        wsum = np.zeros(depth_f.shape)
-        for t in range(n):
-            al = ndimage.shift(_bandpass(fine[t], *band), -shifts[t] / bl, order=1, mode="nearest", prefilter=False)
-            w = keeps[t] & own & _inside(depth_f.shape, shifts[t] / bl, edge)
-            den = float(np.vdot(ref_f[w], ref_f[w]))
-            gain = float(np.vdot(al[w], ref_f[w])) / den if den > 0 else 0.0
-            if gain > 0:
-                acc[w] += al[w] / gain
-                wsum[w] += 1
-        ref_f = np.where(wsum > 0, acc / np.maximum(wsum, 1), ref_f)
+    own = _inside(depth_f.shape, np.zeros(ndim), edge)
+    acc = np.zeros(depth_f.shape)
+    wsum = np.zeros(depth_f.shape)
+    for t in range(n):
+        al = ndimage.shift(_bandpass(fine[t], *band), -shifts[t] / bl, order=1, mode="nearest", prefilter=False)
+        w = keeps[t] & own & _inside(depth_f.shape, shifts[t] / bl, edge)
+        den = float(np.vdot(ref_f[w], ref_f[w]))
+        gain = float(np.vdot(al[w], ref_f[w])) / den if den > 0 else 0.0
+        if gain > 0:
+            acc[w] += al[w] / gain
+            wsum[w] += 1
+    ref_f = np.where(wsum > 0, acc / np.maximum(wsum, 1), ref_f)
     for t in range(1, n):
         shifts[t] = bl * _refine_lk(_bandpass(fine[t], *band), ref_f, keeps[t], shifts[t] / bl, border=edge,
                                     weight=noise_w)

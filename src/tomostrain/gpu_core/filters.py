@@ -85,47 +85,15 @@ def tv_denoise(volume, weight, *, eps: float = 2e-4, max_iter: int = 200, stack:
                                    eps, max_iter, xp)
     if w_arr.ndim:
         raise InputError(f"weight must be a scalar without stack=True, got shape {w_arr.shape}")
-    weight = float(w_arr)
-    nd = f.ndim
-    tau = 1.0 / (2.0 * nd)
-    p = xp.zeros((nd,) + f.shape, dtype=dtype)
-    g = xp.zeros_like(p)
-    out = f
-    e_init = e_prev = None
-    for i in range(max_iter):
-        d = xp.zeros_like(f)
-        if i > 0:  # d = div(p), backward differences
-            d -= p.sum(0)
-            for ax in range(nd):
-                dst = [slice(None)] * nd
-                src = [slice(None)] * nd
-                dst[ax], src[ax] = slice(1, None), slice(0, -1)
-                d[tuple(dst)] += p[ax][tuple(src)]
-            out = f + d
-        energy = float((d * d).sum())
-        for ax in range(nd):
-            sl = [slice(None)] * nd
-            sl[ax] = slice(0, -1)
-            g[ax][tuple(sl)] = xp.diff(out, axis=ax)
-        norm = xp.sqrt((g * g).sum(0))
-        energy += weight * float(norm.sum())
-        norm *= tau / weight
-        norm += 1.0
-        p -= tau * g
-        p /= norm
-        energy /= f.size
-        if i == 0:
-            e_init = e_prev = energy
-        elif abs(e_prev - energy) < eps * e_init:
-            break
-        else:
-            e_prev = energy
-    return out.copy() if out is f else out
+    # one image: a stack of one (the same iteration and stopping rule)
+    return _tv_chambolle_stack(f[None], xp.asarray(w_arr.reshape((1,) * (f.ndim + 1)), dtype=dtype),
+                               eps, max_iter, xp)[0]
 
 
 def _tv_chambolle_stack(f, w, eps, max_iter, xp):
-    """``tv_denoise`` of every image ``f[j]`` of a stack at once, weights ``w`` (n, 1, ...): the
-    same update, the differences along axes 1.. only, the energy summed over the stack."""
+    """Chambolle's iteration for every image ``f[j]`` of a stack at once, weights ``w`` (n, 1, ...):
+    the differences run along axes 1.. only (the images do not mix), the energy is summed over
+    the stack."""
     nd = f.ndim - 1
     tau = 1.0 / (2.0 * nd)
     p = xp.zeros((nd,) + f.shape, dtype=f.dtype)
@@ -147,7 +115,7 @@ def _tv_chambolle_stack(f, w, eps, max_iter, xp):
             sl[ax + 1] = slice(0, -1)
             g[ax][tuple(sl)] = xp.diff(out, axis=ax + 1)
         norm = xp.sqrt((g * g).sum(0))
-        energy = float(((d * d).sum() + (w * norm).sum()) / f.size)
+        energy = (float((d * d).sum()) + float((w * norm).sum())) / f.size
         p -= tau * g
         p /= 1.0 + norm * (tau / w)
         if i == 0:

@@ -316,23 +316,24 @@ def cgls(projections, angles_deg=None, center=None, shifts=None, *, geometry=Non
     return _constrain(x, nonnegative, None)
 
 
-def _gradient(x):
-    """Forward differences along z and x of every slice (Neumann boundary): (2, *x.shape)."""
+def slice_gradient(x):
+    """Forward differences along the last two axes (z and x of every slice; Neumann boundary):
+    ``(2, *x.shape)``. Any leading axes (rows, or references and rows) are carried along."""
     xp = backend.xp_of(x)
     g = xp.zeros((2,) + x.shape, x.dtype)
-    g[0, :, :-1] = x[:, 1:] - x[:, :-1]
-    g[1, :, :, :-1] = x[:, :, 1:] - x[:, :, :-1]
+    g[0, ..., :-1, :] = x[..., 1:, :] - x[..., :-1, :]
+    g[1, ..., :-1] = x[..., 1:] - x[..., :-1]
     return g
 
 
-def _gradient_adjoint(g):
-    """Adjoint of ``_gradient`` (minus the divergence)."""
+def slice_gradient_adjoint(g):
+    """Adjoint of ``slice_gradient`` (minus the divergence)."""
     xp = backend.xp_of(g)
     out = xp.zeros(g.shape[1:], g.dtype)
-    out[:, :-1] -= g[0, :, :-1]
-    out[:, 1:] += g[0, :, :-1]
-    out[:, :, :-1] -= g[1, :, :, :-1]
-    out[:, :, 1:] += g[1, :, :, :-1]
+    out[..., :-1, :] -= g[0, ..., :-1, :]
+    out[..., 1:, :] += g[0, ..., :-1, :]
+    out[..., :-1] -= g[1, ..., :-1]
+    out[..., 1:] += g[1, ..., :-1]
     return out
 
 
@@ -370,9 +371,9 @@ def tv(projections, angles_deg=None, center=None, shifts=None, *, geometry=None,
     for it in range(int(iterations)):
         p = (p + step * (ax_bar - b)) / (1 + step)
         if bound > 0:  # project q onto the pointwise balls of radius weight / mu
-            q += (step * mu) * _gradient(x_bar)
+            q += (step * mu) * slice_gradient(x_bar)
             q /= xp.maximum(xp.sqrt(q[0] ** 2 + q[1] ** 2) / bound, 1.0)[None]
-        x_new = _constrain(x - step * (op.back(p) + mu * _gradient_adjoint(q)), nonnegative, mask)
+        x_new = _constrain(x - step * (op.back(p) + mu * slice_gradient_adjoint(q)), nonnegative, mask)
         ax_new = op.forward(x_new)
         x_bar = 2 * x_new - x
         ax_bar = 2 * ax_new - ax

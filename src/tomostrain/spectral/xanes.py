@@ -549,19 +549,11 @@ def project_simplex(f):
 def _tv_grad(f, eps):
     """Gradient of the smoothed total variation ``sum sqrt(|grad f|^2 + eps^2)`` of every slice
     (forward differences along z and x, Neumann boundary) of ``f`` (..., rows, n, n)."""
+    from ..reconstruction.iterative import slice_gradient, slice_gradient_adjoint
+
     xp = backend.xp_of(f)
-    gz = xp.zeros_like(f)
-    gx = xp.zeros_like(f)
-    gz[..., :-1, :] = f[..., 1:, :] - f[..., :-1, :]
-    gx[..., :, :-1] = f[..., :, 1:] - f[..., :, :-1]
-    norm = xp.sqrt(gz * gz + gx * gx + eps * eps)
-    pz, px = gz / norm, gx / norm
-    out = xp.zeros_like(f)
-    out[..., :-1, :] -= pz[..., :-1, :]
-    out[..., 1:, :] += pz[..., :-1, :]
-    out[..., :, :-1] -= px[..., :, :-1]
-    out[..., :, 1:] += px[..., :, :-1]
-    return out
+    g = slice_gradient(f)
+    return slice_gradient_adjoint(g / xp.sqrt((g * g).sum(0) + eps * eps))
 
 
 def spectral_ring_offsets(matrix, stack, weights=None):
@@ -628,14 +620,15 @@ def joint_fractions(amounts, metric, angles_deg, center=None, tv_weight=JOINT_TV
     reference j, P the projector), so with the unconstrained spectral unmixing per ray
     ``b = pinv(A) y`` the whole spectral least-squares misfit is ``sum_rays r^T (A^T A) r``,
     ``r_j = P(d f_j) - b_j``: n_refs projections per iteration, not n_energies. Steps: the
-    density ``d`` by CGLS (``density_iterations``) on ``sum_j b_j`` (the best-determined
+    density ``d`` by CGLS (``iterations``) on ``sum_j b_j`` (the best-determined
     combination), clipped at 0; then FISTA on the fractions of the voxels whose density exceeds
     ``min_density`` x its 99.5th percentile, minimising
-    ``sum r^T M r / (2 s^2) + tv_weight sum_j TV_eps(f_j)`` with every voxel's ``f`` projected
-    on the simplex (``f_j >= 0``, ``sum_j f_j = 1``); ``s^2`` the mean per-ray noise variance of
-    the misfit (``ray_variance``: photon statistics through the spectral fit's leverages), so
-    the weight is in units of the noise: the prior counts more where the data are noisier.
-    amounts : (n_refs, n_angles, rows, cols); metric : (n_refs, n_refs) ``A^T A``.
+    ``sum r^T M r / 2 + tv_weight sum_j TV_eps(f_j)`` with every voxel's ``f`` projected on the
+    simplex (``f_j >= 0``, ``sum_j f_j = 1``); ``M = A^T W A`` per ray (W the inverse noise
+    variances, ``weighted_unmix``), so the misfit is in units of the noise and the weight is
+    too: the prior counts more where the data are noisier.
+    amounts : (n_refs, n_angles, rows, cols); metric : (n_refs, n_refs, n_angles, rows, cols), the
+    per-ray ``A^T W A`` of ``weighted_unmix``.
     Returns ``(fractions (n_refs, rows, n, n), density (rows, n, n), info)``.
     """
     from ..reconstruction.geometry import TiltGeometry
